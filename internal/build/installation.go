@@ -1,0 +1,111 @@
+package build
+
+import (
+	"fmt"
+	"path"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Tree directories that an installation combines with an install overlay.
+const (
+	CRDsDir              = "istio-crds/base"
+	InstallBaseDir       = "istio-install/base"
+	ExampleDir           = "example"
+	NamespaceDir         = "istio-namespace/base"
+	ClusterLocalGateway  = "cluster-local-gateway/base"
+	ClusterLocalM2MAuth  = "cluster-local-gateway/overlays/m2m-auth"
+	KubeflowResourcesDir = "kubeflow-istio-resources/base"
+)
+
+// Installation is what `kfistio install` applies: the CRDs, the namespace, an
+// install overlay, and the optional parts.
+type Installation struct {
+	Overlay string
+	// ClusterLocalGateway adds the cluster-local gateway; M2MAuth takes it with
+	// machine-to-machine authentication.
+	ClusterLocalGateway bool
+	M2MAuth             bool
+	// KubeflowResources adds kubeflow-gateway and the Kubeflow ClusterRoles.
+	KubeflowResources bool
+}
+
+// DefaultInstallation is the documented combination for overlay.
+func DefaultInstallation(overlay string) Installation {
+	return Installation{Overlay: overlay, ClusterLocalGateway: true, KubeflowResources: true}
+}
+
+// Dirs returns the tree directories in. combines.
+func (in Installation) Dirs() ([]string, error) {
+	o, ok := LookupOverlay(in.Overlay)
+	if !ok {
+		return nil, unknownOverlay(in.Overlay)
+	}
+	dirs := []string{CRDsDir, NamespaceDir, o.Path}
+	switch {
+	case in.M2MAuth:
+		dirs = append(dirs, ClusterLocalM2MAuth)
+	case in.ClusterLocalGateway:
+		dirs = append(dirs, ClusterLocalGateway)
+	}
+	if in.KubeflowResources {
+		dirs = append(dirs, KubeflowResourcesDir)
+	}
+	return dirs, nil
+}
+
+// Name says what in. is, for messages: the overlay and its optional parts.
+func (in Installation) Name() string {
+	n := in.Overlay
+	switch {
+	case in.M2MAuth:
+		n += "+cluster-local-gateway(m2m-auth)"
+	case in.ClusterLocalGateway:
+		n += "+cluster-local-gateway"
+	}
+	if in.KubeflowResources {
+		n += "+kubeflow-istio-resources"
+	}
+	return n
+}
+
+// BuildInstallation builds in. as one kustomization, so that ids that clash
+// between its parts are an error, as they are for `kubectl apply -k` of such a
+// kustomization.
+func (t *Tree) BuildInstallation(in Installation) (*Result, error) {
+	dirs, err := in.Dirs()
+	if err != nil {
+		return nil, err
+	}
+	// The kustomization lives next to the tree, never in it.
+	dir := path.Join(path.Dir(t.root), ".kfistio-installation", strings.NewReplacer("+", "_", "(", "_", ")", "").Replace(in.Name()))
+	var resources []string
+	for _, d := range dirs {
+		resources = append(resources, path.Join("../..", path.Base(t.root), d))
+	}
+	k, err := yaml.Marshal(map[string]any{
+		"apiVersion": "kustomize.config.k8s.io/v1beta1",
+		"kind":       "Kustomization",
+		"resources":  resources,
+	})
+	if err != nil {
+		return nil, err
+	}
+	krustyMu.Lock()
+	err = t.fs.WriteFile(path.Join(dir, "kustomization.yaml"), k)
+	krustyMu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	res, err := t.run(dir)
+	if err != nil {
+		return nil, fmt.Errorf("build installation %s: %w", in.Name(), err)
+	}
+	res.Dir = in.Name()
+	return res, nil
+}
+
+func unknownOverlay(name string) error {
+	return fmt.Errorf("unknown overlay %q: choose one of %v", name, OverlayNames())
+}

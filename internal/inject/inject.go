@@ -1,0 +1,135 @@
+package inject
+
+import (
+	"encoding/json"
+	"fmt"
+	"sync"
+
+	meshconfig "istio.io/api/mesh/v1alpha1"
+	"istio.io/istio/pilot/pkg/features"
+	"istio.io/istio/pkg/config/mesh"
+	istioinject "istio.io/istio/pkg/kube/inject"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/kubeflow/kfistio/internal/object"
+)
+
+// Objects that configure injection, as istiod reads them.
+const (
+	Namespace           = "istio-system"
+	InjectorConfigMap   = "istio-sidecar-injector"
+	MeshConfigMap       = "istio"
+	IstiodDeployment    = "istiod"
+	DiscoveryContainer  = "discovery"
+	NativeSidecarsEnv   = "ENABLE_NATIVE_SIDECARS"
+	ProxyContainer      = "istio-proxy"
+	ValidationContainer = "istio-validation"
+	InitContainer       = "istio-init"
+)
+
+// Injector injects sidecars the way the istiod of a built tree would.
+type Injector struct {
+	templates istioinject.Templates
+	values    istioinject.ValuesConfig
+	mesh      *meshconfig.MeshConfig
+	native    features.NativeSidecarMode
+	// NativeSidecars is istiod's ENABLE_NATIVE_SIDECARS value ("" when unset).
+	NativeSidecars string
+}
+
+// New reads the injector ConfigMap, the mesh ConfigMap and istiod's
+// ENABLE_NATIVE_SIDECARS from objs, the objects of a build.
+func New(objs []*unstructured.Unstructured) (*Injector, error) {
+	idx := object.Index(objs)
+	injCM := idx[object.KeyOf("ConfigMap", Namespace, InjectorConfigMap)]
+	if injCM == nil {
+		return nil, fmt.Errorf("no %s in the build", object.KeyOf("ConfigMap", Namespace, InjectorConfigMap))
+	}
+	meshCM := idx[object.KeyOf("ConfigMap", Namespace, MeshConfigMap)]
+	if meshCM == nil {
+		return nil, fmt.Errorf("no %s in the build", object.KeyOf("ConfigMap", Namespace, MeshConfigMap))
+	}
+	data, _, _ := unstructured.NestedStringMap(injCM.Object, "data")
+	cfg, err := istioinject.UnmarshalConfig([]byte(data["config"]))
+	if err != nil {
+		return nil, fmt.Errorf("%s key config: %w", object.Key(injCM), err)
+	}
+	values, err := istioinject.NewValuesConfig(data["values"])
+	if err != nil {
+		return nil, fmt.Errorf("%s key values: %w", object.Key(injCM), err)
+	}
+	meshData, _, _ := unstructured.NestedString(meshCM.Object, "data", "mesh")
+	mc, err := mesh.ApplyMeshConfigDefaults(meshData)
+	if err != nil {
+		return nil, fmt.Errorf("%s key mesh: %w", object.Key(meshCM), err)
+	}
+	in := &Injector{templates: cfg.Templates, values: values, mesh: mc}
+	if d := idx[object.KeyOf("Deployment", Namespace, IstiodDeployment)]; d != nil {
+		in.NativeSidecars, _ = object.ContainerEnv(d, DiscoveryContainer, NativeSidecarsEnv)
+	}
+	in.native = nativeMode(in.NativeSidecars)
+	return in, nil
+}
+
+// nativeMode reads ENABLE_NATIVE_SIDECARS as istiod does (pilot/pkg/features):
+// unset means auto, anything unknown means disabled.
+func nativeMode(v string) features.NativeSidecarMode {
+	switch v {
+	case "true":
+		return features.NativeSidecarModeEnabled
+	case "", "auto":
+		return features.NativeSidecarModeAuto
+	default:
+		return features.NativeSidecarModeDisabled
+	}
+}
+
+// The injector reads native-sidecar mode from a package variable of Istio's.
+var featureMu sync.Mutex
+
+// Inject returns workload (a Pod or an object with a pod template) with the
+// sidecar injected, as the API server would store it. Workloads that Istio
+// would not inject come back unchanged.
+func (in *Injector) Inject(workload *unstructured.Unstructured) (*unstructured.Unstructured, error) {
+	raw, err := json.Marshal(workload.Object)
+	if err != nil {
+		return nil, err
+	}
+	typed, err := istioinject.FromRawToObject(raw)
+	if err != nil {
+		return nil, fmt.Errorf("inject %s: %w", object.Key(workload), err)
+	}
+	featureMu.Lock()
+	saved := features.EnableNativeSidecars
+	features.EnableNativeSidecars = in.native
+	out, err := istioinject.IntoObject(nil, in.templates, in.values, "", in.mesh, typed, func(string) {})
+	features.EnableNativeSidecars = saved
+	featureMu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("inject %s: %w", object.Key(workload), err)
+	}
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(out)
+	if err != nil {
+		return nil, fmt.Errorf("inject %s: %w", object.Key(workload), err)
+	}
+	u := &unstructured.Unstructured{Object: m}
+	if err := object.EditPodSpec(u, defaultVolumes); err != nil {
+		return nil, fmt.Errorf("inject %s: %w", object.Key(workload), err)
+	}
+	return u, nil
+}
+
+// defaultVolumes does what the API server's defaulting does to a volume
+// without a source (SetDefaults_Volume in k8s.io/kubernetes/pkg/apis/core/v1):
+// it becomes an emptyDir. The injector's templates declare workload-socket,
+// credential-socket and workload-certs as `emptyDir: {}`, which the JSON
+// round trip inside the injector reduces to no source at all.
+func defaultVolumes(spec *corev1.PodSpec) {
+	for i := range spec.Volumes {
+		if (spec.Volumes[i].VolumeSource == corev1.VolumeSource{}) {
+			spec.Volumes[i].EmptyDir = &corev1.EmptyDirVolumeSource{}
+		}
+	}
+}

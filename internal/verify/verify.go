@@ -1,0 +1,320 @@
+package verify
+
+import (
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kubeflow/kfistio/internal/build"
+	"github.com/kubeflow/kfistio/internal/inject"
+	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/schema"
+	"github.com/kubeflow/kfistio/internal/upstream"
+)
+
+// Options says what Run checks.
+type Options struct {
+	Tree *build.Tree
+	// Overlays limits the run to the installations and directories of these
+	// install overlays. Empty means every overlay and every directory of the
+	// tree.
+	Overlays []string
+}
+
+// Run builds and checks the targets opts names and reports on each. It
+// returns an error only when it cannot run at all; a target that does not
+// build is a failed check in the report.
+func Run(opts Options) (*Report, error) {
+	specs, err := targets(opts)
+	if err != nil {
+		return nil, err
+	}
+	e := &env{tree: opts.Tree, builds: map[string]*built{}, schemas: &schemas{
+		validators: map[[32]byte]*schema.Validator{}, verdicts: map[[32]byte][]string{},
+	}}
+	rep := &Report{Release: upstream.Release, Passed: true, Targets: make([]Target, len(specs))}
+	// Builds are serialised (kustomize is not safe for concurrent use); the
+	// checks of built targets run side by side.
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	for i, s := range specs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			rep.Targets[i] = e.check(s)
+		}()
+	}
+	wg.Wait()
+	for _, t := range rep.Targets {
+		rep.Passed = rep.Passed && t.Passed
+	}
+	return rep, nil
+}
+
+// Kinds of target.
+const (
+	KindInstallation = "installation"
+	KindDirectory    = "directory"
+)
+
+// part is a piece of the tree a build may hold; facts apply to the parts they
+// speak of.
+type part uint
+
+const (
+	partCRDs part = 1 << iota
+	partNamespace
+	partInstall
+	partGateway
+	partM2M
+	partKubeflow
+)
+
+// spec is a target before it is built.
+type spec struct {
+	name, kind string
+	parts      part
+	overlay    build.Overlay
+	// key names the build of the target; sibling names the same kind of
+	// build for another overlay.
+	key     string
+	sibling func(overlay string) string
+}
+
+const (
+	installationPrefix = "installation:"
+	dirPrefix          = "dir:"
+)
+
+func installationKey(overlay string) string { return installationPrefix + overlay }
+func dirKey(dir string) string              { return dirPrefix + dir }
+
+func targets(opts Options) ([]spec, error) {
+	overlays := opts.Overlays
+	if len(overlays) == 0 {
+		overlays = build.OverlayNames()
+	}
+	var specs []spec
+	for _, name := range overlays {
+		o, ok := build.LookupOverlay(name)
+		if !ok {
+			return nil, fmt.Errorf("unknown overlay %q: choose from %v", name, build.OverlayNames())
+		}
+		specs = append(specs, spec{
+			name: o.Name, kind: KindInstallation, overlay: o,
+			parts: partCRDs | partNamespace | partInstall | partGateway | partKubeflow,
+			key:   installationKey(o.Name), sibling: installationKey,
+		})
+	}
+	var dirs []string
+	if len(opts.Overlays) == 0 {
+		all, err := opts.Tree.Dirs()
+		if err != nil {
+			return nil, err
+		}
+		dirs = all
+	} else {
+		for _, name := range overlays {
+			o, _ := build.LookupOverlay(name)
+			dirs = append(dirs, o.Path)
+		}
+	}
+	for _, d := range dirs {
+		s := spec{name: d, kind: KindDirectory, key: dirKey(d), sibling: overlayDirKey}
+		s.parts, s.overlay = dirParts(d)
+		specs = append(specs, s)
+	}
+	return specs, nil
+}
+
+func overlayDirKey(overlay string) string {
+	o, _ := build.LookupOverlay(overlay)
+	return dirKey(o.Path)
+}
+
+// dirParts says which parts a directory of the tree holds. Directories it
+// does not know get only the checks that apply to any build.
+func dirParts(dir string) (part, build.Overlay) {
+	for _, o := range build.Overlays {
+		if o.Path == dir {
+			return partInstall, o
+		}
+	}
+	switch dir {
+	case build.CRDsDir:
+		return partCRDs, build.Overlay{}
+	case build.NamespaceDir:
+		return partNamespace, build.Overlay{}
+	case build.InstallBaseDir:
+		return partInstall, build.Overlay{Name: "base", Path: dir, CNI: true}
+	case build.ClusterLocalGateway:
+		return partGateway, build.Overlay{}
+	case build.ClusterLocalM2MAuth:
+		return partGateway | partM2M, build.Overlay{}
+	case build.KubeflowResourcesDir:
+		return partKubeflow, build.Overlay{}
+	case build.ExampleDir:
+		o, _ := build.LookupOverlay(build.DefaultOverlay)
+		return partCRDs | partNamespace | partInstall | partGateway | partKubeflow, o
+	}
+	return 0, build.Overlay{}
+}
+
+// env holds what several targets share: builds, the CRDs, the upstream mesh.
+type env struct {
+	tree    *build.Tree
+	schemas *schemas
+	mu      sync.Mutex
+	builds  map[string]*built
+
+	meshOnce sync.Once
+	mesh     map[string]any
+	meshErr  error
+}
+
+type built struct {
+	objs []*unstructured.Unstructured
+	err  error
+}
+
+// objects builds what key names ("installation:NAME" or "dir:PATH"), once.
+func (e *env) objects(key string) ([]*unstructured.Unstructured, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if b, ok := e.builds[key]; ok {
+		return b.objs, b.err
+	}
+	b := &built{}
+	if overlay, ok := strings.CutPrefix(key, installationPrefix); ok {
+		var r *build.Result
+		if r, b.err = e.tree.BuildInstallation(build.DefaultInstallation(overlay)); b.err == nil {
+			b.objs, b.err = r.Objects()
+		}
+	} else {
+		b.objs, b.err = e.tree.BuildObjects(strings.TrimPrefix(key, dirPrefix))
+	}
+	e.builds[key] = b
+	return b.objs, b.err
+}
+
+// upstreamMesh is the mesh config upstream Istio renders for the default
+// profile, with no Kubeflow input.
+func (e *env) upstreamMesh() (map[string]any, error) {
+	e.meshOnce.Do(func() {
+		r, err := upstream.NewRenderer()
+		if err != nil {
+			e.meshErr = err
+			return
+		}
+		defer func() { _ = r.Close() }()
+		out, err := r.Render(upstream.Inputs{})
+		if err != nil {
+			e.meshErr = err
+			return
+		}
+		cm := object.Index(out.Objects)[object.KeyOf("ConfigMap", inject.Namespace, inject.MeshConfigMap)]
+		if cm == nil {
+			e.meshErr = fmt.Errorf("upstream Istio %s renders no mesh ConfigMap", upstream.Release)
+			return
+		}
+		e.mesh, e.meshErr = meshOf(cm)
+	})
+	return e.mesh, e.meshErr
+}
+
+func meshOf(cm *unstructured.Unstructured) (map[string]any, error) {
+	s, _, _ := unstructured.NestedString(cm.Object, "data", "mesh")
+	m := map[string]any{}
+	if err := yaml.Unmarshal([]byte(s), &m); err != nil {
+		return nil, fmt.Errorf("%s key mesh: %w", object.Key(cm), err)
+	}
+	return m, nil
+}
+
+// target is a built target being checked.
+type target struct {
+	spec
+	env  *env
+	objs []*unstructured.Unstructured
+	idx  map[string]*unstructured.Unstructured
+
+	injectOnce sync.Once
+	injected   []injection
+	injectErr  error
+}
+
+// injection is one sample workload after Istio's injector.
+type injection struct {
+	sample *unstructured.Unstructured
+	pod    *corev1.PodTemplateSpec
+	err    error
+}
+
+func (t *target) has(p part) bool { return t.parts&p != 0 }
+
+func (t *target) get(kind, ns, name string) *unstructured.Unstructured {
+	return t.idx[object.KeyOf(kind, ns, name)]
+}
+
+// injections injects every sample workload with the target's injector.
+func (t *target) injections() ([]injection, error) {
+	t.injectOnce.Do(func() {
+		in, err := inject.New(t.objs)
+		if err != nil {
+			t.injectErr = err
+			return
+		}
+		samples, err := inject.Samples()
+		if err != nil {
+			t.injectErr = err
+			return
+		}
+		for _, s := range samples {
+			r := injection{sample: s}
+			out, err := in.Inject(s)
+			if err == nil {
+				r.pod, err = object.PodTemplate(out)
+			}
+			r.err = err
+			t.injected = append(t.injected, r)
+		}
+	})
+	return t.injected, t.injectErr
+}
+
+// check builds s and runs every check that applies to it.
+func (e *env) check(s spec) Target {
+	out := Target{Name: s.name, Kind: s.kind, Passed: true}
+	objs, err := e.objects(s.key)
+	buildCheck := Check{ID: "BUILD", Title: "builds with kustomize" + clashNote(s), Passed: err == nil}
+	if err != nil {
+		buildCheck.Problems = []Problem{{Reason: err.Error()}}
+		out.Passed = false
+		out.Checks = []Check{buildCheck}
+		return out
+	}
+	out.Checks = append(out.Checks, buildCheck)
+	t := &target{spec: s, env: e, objs: objs, idx: object.Index(objs)}
+	for _, c := range checks {
+		if !c.applies(t) {
+			continue
+		}
+		problems := c.run(t)
+		out.Checks = append(out.Checks, Check{ID: c.id, Title: c.title, Passed: len(problems) == 0, Problems: problems})
+		out.Passed = out.Passed && len(problems) == 0
+	}
+	return out
+}
+
+func clashNote(s spec) string {
+	if s.kind == KindInstallation {
+		return " as one kustomization (no clashing objects)"
+	}
+	return ""
+}
