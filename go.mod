@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	github.com/pmezard/go-difflib v1.0.1-0.20181226105442-5d4384ee4fb2
 	github.com/spf13/cobra v1.10.2
+	golang.org/x/mod v0.30.0
 	istio.io/api v1.29.0-rc.1.0.20260209142455-7fea5efd57ca
 	istio.io/istio v0.0.0-20260306174214-6991a379e1fc
 	k8s.io/api v0.35.0
@@ -131,7 +132,6 @@ require (
 	go.yaml.in/yaml/v3 v3.0.4 // indirect
 	golang.org/x/crypto v0.46.0 // indirect
 	golang.org/x/exp v0.0.0-20251017212417-90e834f514db // indirect
-	golang.org/x/mod v0.30.0 // indirect
 	golang.org/x/net v0.48.0 // indirect
 	golang.org/x/oauth2 v0.34.0 // indirect
 	golang.org/x/sync v0.19.0 // indirect

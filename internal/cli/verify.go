@@ -15,7 +15,7 @@ func newVerifyCommand(s Streams) *cobra.Command {
 		output       string
 	)
 	cmd := &cobra.Command{
-		Use:   "verify [OVERLAY...]",
+		Use:   "verify [OVERLAY|DIR...]",
 		Short: "Prove the tree's promises offline: facts, Pod Security, injection, schemas",
 		Long: `Build the tree and check, without a cluster:
 
@@ -31,14 +31,16 @@ func newVerifyCommand(s Streams) *cobra.Command {
   SCHEMA  every object against its schema: built-in kinds against the
           Kubernetes API, Istio kinds against the CRDs of the tree.
 
-With no OVERLAY, verify checks the installation of every install overlay (the
+With no argument, verify checks the installation of every install overlay (the
 CRDs, namespace, overlay, cluster-local gateway and Kubeflow resources built as
-one, as install applies them) and every directory of the tree. Naming overlays
-checks only those (` + overlayNames() + `).
+one, as install applies them) and every directory of the tree. An OVERLAY
+(` + overlayNames() + `) checks its installation and its directory; a DIR of
+the tree checks that directory.
 
 Exit status: 0 when every check passes, 1 when one fails.`,
 		Example: `  kfistio verify
   kfistio verify gke -o json
+  kfistio verify cluster-local-gateway/overlays/m2m-auth
   kfistio verify --manifests ./manifests`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output != "text" && output != "json" {
@@ -48,7 +50,7 @@ Exit status: 0 when every check passes, 1 when one fails.`,
 			if err != nil {
 				return err
 			}
-			rep, err := verify.Run(verify.Options{Tree: tree, Overlays: args})
+			rep, err := verify.Run(verify.Options{Tree: tree, Targets: args})
 			if err != nil {
 				return err
 			}

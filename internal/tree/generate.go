@@ -42,40 +42,38 @@ func Generate(root string) (*Generated, error) {
 		return nil, err
 	}
 	defer func() { _ = r.Close() }()
-	return generate(r, root, defaultPlan())
-}
-
-func generate(r *upstream.Renderer, root string, p plan) (*Generated, error) {
 	out := &Generated{Files: Files{}}
-	base, err := r.Render(inputs(root, p.baseInputs, p.baseSet))
+	renders := Renders()
+	base := renders[0]
+	rb, err := r.Render(base.Inputs(root))
 	if err != nil {
 		return nil, err
 	}
-	out.Warnings = append(out.Warnings, base.Warnings...)
-	baseSplit := splitRender(base.Objects)
-	desc := describe(p.baseInputs, p.baseSet)
+	out.Warnings = append(out.Warnings, rb.Warnings...)
+	baseSplit := splitRender(rb.Objects)
+	comment := "# " + base.describe()
 	for path, objs := range map[string][]*unstructured.Unstructured{
 		CRDsFile:            baseSplit.crds,
 		InstallFile:         baseSplit.install,
 		ClusterLocalGateway: baseSplit.gateway,
 	} {
-		if out.Files[path], err = file(desc, objs); err != nil {
+		if out.Files[path], err = file(comment, objs); err != nil {
 			return nil, fmt.Errorf("write %s: %w", path, err)
 		}
 	}
-	for _, v := range p.variants {
-		rv, err := r.Render(inputs(root, v.inputs, v.set))
+	for _, v := range renders[1:] {
+		rv, err := r.Render(v.Inputs(root))
 		if err != nil {
 			return nil, err
 		}
 		out.Warnings = append(out.Warnings, rv.Warnings...)
 		patches, err := patchSet(baseSplit, splitRender(rv.Objects))
 		if err != nil {
-			return nil, fmt.Errorf("variant %s (%s): %w", v.dir, strings.Join(append(v.inputs, v.set...), " "), err)
+			return nil, fmt.Errorf("%s (%s): %w", v.Name, v.describe(), err)
 		}
-		desc := "# A patch from the base render to the one" + strings.TrimPrefix(describe(v.inputs, v.set), "# Istio "+upstream.Release)
-		if err := out.Files.addComponent(v.dir, desc, patches); err != nil {
-			return nil, fmt.Errorf("write %s: %w", v.dir, err)
+		comment := "# A patch from the base render to " + v.describe()
+		if err := out.Files.addComponent(v.Name, comment, patches); err != nil {
+			return nil, fmt.Errorf("write %s: %w", v.Name, err)
 		}
 	}
 	return out, nil

@@ -35,48 +35,46 @@ var (
 	cniOff = []string{"components.cni.enabled=false"}
 )
 
-// variant is a render that differs from the base render in a few objects; sync
-// writes the difference as a kustomize Component in dir: one patch per file,
-// each listed on its own, as older kustomize versions cannot apply a delete
-// patch that shares a file with other patches.
-type variant struct {
-	dir    string
-	inputs []string
-	set    []string
+// Render is one render of `kfistio sync`: the IstioOperator files (relative
+// to the repository root) and --set flags it takes.
+type Render struct {
+	// Name is "base" for the base render, else the directory (under
+	// manifests/) of the Component that turns the base into this render.
+	Name  string
+	Files []string
+	Set   []string
 }
 
-// plan is the whole of `kfistio sync`: the base render, split into three
-// directories, and the variants.
-type plan struct {
-	baseInputs []string
-	baseSet    []string
-	variants   []variant
-}
+// BaseRender names the base render.
+const BaseRender = "base"
 
-func defaultPlan() plan {
-	return plan{
-		baseInputs: []string{ProfileInput, OverlayInput},
-		baseSet:    cniOn,
-		variants: []variant{
-			{dir: NoCNIPatchesDir, inputs: []string{ProfileInput, OverlayInput}, set: cniOff},
-			{dir: OAuth2ProxyPatchesDir, inputs: []string{ProfileInput, OverlayInput, OAuth2ProxyInput}, set: cniOn},
-		},
-	}
-}
-
-func inputs(root string, files, set []string) upstream.Inputs {
-	in := upstream.Inputs{Set: set}
-	for _, f := range files {
+// Inputs returns r's inputs with the files under the repository root.
+func (r Render) Inputs(root string) upstream.Inputs {
+	in := upstream.Inputs{Set: r.Set}
+	for _, f := range r.Files {
 		in.Files = append(in.Files, filepath.Join(root, filepath.FromSlash(f)))
 	}
 	return in
 }
 
-// describe says in one comment line what a render was made of.
-func describe(files, set []string) string {
-	parts := append([]string{}, files...)
-	for _, s := range set {
+// describe says in one comment line what r was made of.
+func (r Render) describe() string {
+	parts := append([]string{}, r.Files...)
+	for _, s := range r.Set {
 		parts = append(parts, "--set "+s)
 	}
-	return "# Istio " + upstream.Release + " rendered from " + strings.Join(parts, " ")
+	return "Istio " + upstream.Release + " rendered from " + strings.Join(parts, " ")
+}
+
+// Renders returns every render sync makes: the base, split into three
+// directories, then the variants. A variant differs from the base in a few
+// objects; sync writes the difference as a kustomize Component in its
+// directory, one patch per file, each listed on its own (older kustomize
+// versions cannot apply a delete patch that shares a file with other patches).
+func Renders() []Render {
+	return []Render{
+		{Name: BaseRender, Files: []string{ProfileInput, OverlayInput}, Set: cniOn},
+		{Name: NoCNIPatchesDir, Files: []string{ProfileInput, OverlayInput}, Set: cniOff},
+		{Name: OAuth2ProxyPatchesDir, Files: []string{ProfileInput, OverlayInput, OAuth2ProxyInput}, Set: cniOn},
+	}
 }

@@ -1,5 +1,7 @@
 package upstream
 
+import "regexp"
+
 // Release is the Istio release the tree is generated from. It is the only place in
 // the repository that names it: image tags, chart labels and injector values are
 // all derived from it by `kfistio sync`.
@@ -15,3 +17,17 @@ const ModulePath = "istio.io/istio"
 
 // ModuleVersion is the pseudo-version of ModulePath at the commit tagged Release.
 const ModuleVersion = "v0.0.0-20260306174214-6991a379e1fc"
+
+// versionPattern matches Istio release numbers: 1.minor.patch.
+var versionPattern = regexp.MustCompile(`\b1\.[0-9]+\.[0-9]+\b`)
+
+// OtherVersions returns the Istio release numbers in s that are not Release.
+func OtherVersions(s string) []string {
+	var out []string
+	for _, v := range versionPattern.FindAllString(s, -1) {
+		if v != Release {
+			out = append(out, v)
+		}
+	}
+	return out
+}

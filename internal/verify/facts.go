@@ -3,7 +3,6 @@ package verify
 import (
 	"encoding/json"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -742,9 +741,6 @@ func checkM2M(t *target) []Problem {
 	return p
 }
 
-// istioVersion matches Istio release numbers (1.minor.patch).
-var istioVersion = regexp.MustCompile(`\b1\.[0-9]+\.[0-9]+\b`)
-
 // istioImages are the images of the Istio release.
 var istioImages = []string{"pilot", "proxyv2", "install-cni", "ztunnel"}
 
@@ -753,10 +749,8 @@ func checkVersions(t *target) []Problem {
 	for _, o := range t.objs {
 		key := object.Key(o)
 		walkStrings(o.Object, "", func(path, s string) {
-			for _, v := range istioVersion.FindAllString(s, -1) {
-				if v != upstream.Release {
-					p.wrong(key, path, v, "no Istio version but "+upstream.Release)
-				}
+			for _, v := range upstream.OtherVersions(s) {
+				p.wrong(key, path, v, "no Istio version but "+upstream.Release)
 			}
 		})
 		checkLabels(&p, key, "metadata.labels", o.GetLabels())

@@ -20,10 +20,10 @@ import (
 // Options says what Run checks.
 type Options struct {
 	Tree *build.Tree
-	// Overlays limits the run to the installations and directories of these
-	// install overlays. Empty means every overlay and every directory of the
-	// tree.
-	Overlays []string
+	// Targets are install overlay names, each checked as its installation (what
+	// install applies) and its directory, and directories of the tree. Empty
+	// means every overlay and every directory of the tree.
+	Targets []string
 }
 
 // Run builds and checks the targets opts names and reports on each. It
@@ -96,34 +96,35 @@ func installationKey(overlay string) string { return installationPrefix + overla
 func dirKey(dir string) string              { return dirPrefix + dir }
 
 func targets(opts Options) ([]spec, error) {
-	overlays := opts.Overlays
-	if len(overlays) == 0 {
-		overlays = build.OverlayNames()
+	var overlays, dirs []string
+	if len(opts.Targets) == 0 {
+		all, err := opts.Tree.Dirs()
+		if err != nil {
+			return nil, err
+		}
+		overlays, dirs = build.OverlayNames(), all
+	}
+	for _, name := range opts.Targets {
+		if o, ok := build.LookupOverlay(name); ok {
+			overlays = append(overlays, name)
+			dirs = append(dirs, o.Path)
+			continue
+		}
+		if !opts.Tree.Has(name) {
+			all, _ := opts.Tree.Dirs()
+			return nil, fmt.Errorf("%q is neither an overlay (%s) nor a directory of %s (%s)",
+				name, strings.Join(build.OverlayNames(), ", "), opts.Tree.Source, strings.Join(all, ", "))
+		}
+		dirs = append(dirs, name)
 	}
 	var specs []spec
 	for _, name := range overlays {
-		o, ok := build.LookupOverlay(name)
-		if !ok {
-			return nil, fmt.Errorf("unknown overlay %q: choose from %v", name, build.OverlayNames())
-		}
+		o, _ := build.LookupOverlay(name)
 		specs = append(specs, spec{
 			name: o.Name, kind: KindInstallation, overlay: o,
 			parts: partCRDs | partNamespace | partInstall | partGateway | partKubeflow,
 			key:   installationKey(o.Name), sibling: installationKey,
 		})
-	}
-	var dirs []string
-	if len(opts.Overlays) == 0 {
-		all, err := opts.Tree.Dirs()
-		if err != nil {
-			return nil, err
-		}
-		dirs = all
-	} else {
-		for _, name := range overlays {
-			o, _ := build.LookupOverlay(name)
-			dirs = append(dirs, o.Path)
-		}
 	}
 	for _, d := range dirs {
 		s := spec{name: d, kind: KindDirectory, key: dirKey(d), sibling: overlayDirKey}
@@ -290,16 +291,19 @@ func (t *target) injections() ([]injection, error) {
 
 // check builds s and runs every check that applies to it.
 func (e *env) check(s spec) Target {
-	out := Target{Name: s.name, Kind: s.kind, Passed: true}
 	objs, err := e.objects(s.key)
-	buildCheck := Check{ID: "BUILD", Title: "builds with kustomize" + clashNote(s), Passed: err == nil}
 	if err != nil {
-		buildCheck.Problems = []Problem{{Reason: err.Error()}}
-		out.Passed = false
-		out.Checks = []Check{buildCheck}
-		return out
+		return Target{Name: s.name, Kind: s.kind, Checks: []Check{{
+			ID: "BUILD", Title: buildTitle(s), Problems: []Problem{{Reason: err.Error()}},
+		}}}
 	}
-	out.Checks = append(out.Checks, buildCheck)
+	return e.checkBuilt(s, objs)
+}
+
+// checkBuilt runs every check that applies to s on its built objects.
+func (e *env) checkBuilt(s spec, objs []*unstructured.Unstructured) Target {
+	out := Target{Name: s.name, Kind: s.kind, Passed: true}
+	out.Checks = append(out.Checks, Check{ID: "BUILD", Title: buildTitle(s), Passed: true})
 	t := &target{spec: s, env: e, objs: objs, idx: object.Index(objs)}
 	for _, c := range checks {
 		if !c.applies(t) {
@@ -312,9 +316,9 @@ func (e *env) check(s spec) Target {
 	return out
 }
 
-func clashNote(s spec) string {
+func buildTitle(s spec) string {
 	if s.kind == KindInstallation {
-		return " as one kustomization (no clashing objects)"
+		return "builds with kustomize as one kustomization (no clashing objects)"
 	}
-	return ""
+	return "builds with kustomize"
 }

@@ -1,0 +1,467 @@
+package verify
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kubeflow/kfistio/internal/build"
+	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/schema"
+)
+
+var (
+	envOnce sync.Once
+	shared  *env
+)
+
+// testEnv is one env over the embedded tree for the whole test binary, so
+// builds are shared between tests.
+func testEnv(t *testing.T) *env {
+	t.Helper()
+	envOnce.Do(func() {
+		tree, err := build.Embedded()
+		if err != nil {
+			t.Fatal(err)
+		}
+		shared = &env{tree: tree, builds: map[string]*built{}, schemas: &schemas{
+			validators: map[[32]byte]*schema.Validator{}, verdicts: map[[32]byte][]string{},
+		}}
+	})
+	return shared
+}
+
+func TestTreePasses(t *testing.T) {
+	tree, err := build.Embedded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Run(Options{Tree: tree})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Passed {
+		var b strings.Builder
+		_ = rep.WriteText(&b)
+		t.Fatalf("verify fails on the tree:\n%s", b.String())
+	}
+	// Every check runs somewhere.
+	ran := map[string]bool{}
+	for _, tg := range rep.Targets {
+		for _, c := range tg.Checks {
+			ran[c.ID] = true
+		}
+	}
+	for _, c := range checks {
+		if !ran[c.id] {
+			t.Errorf("check %s ran on no target", c.id)
+		}
+	}
+}
+
+// objects is a mutable copy of a build.
+type objects struct {
+	t    *testing.T
+	objs []*unstructured.Unstructured
+}
+
+func (m *objects) get(key string) *unstructured.Unstructured {
+	for _, o := range m.objs {
+		if object.Key(o) == key {
+			return o
+		}
+	}
+	m.t.Fatalf("no %s in the build", key)
+	return nil
+}
+
+func (m *objects) remove(key string) {
+	m.get(key)
+	m.objs = slices.DeleteFunc(m.objs, func(o *unstructured.Unstructured) bool { return object.Key(o) == key })
+}
+
+func (m *objects) add(doc string) {
+	objs, err := object.Parse("test", []byte(doc))
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	m.objs = append(m.objs, objs...)
+}
+
+func (m *objects) set(key string, value any, path ...string) {
+	if err := unstructured.SetNestedField(m.get(key).Object, value, path...); err != nil {
+		m.t.Fatal(err)
+	}
+}
+
+// setEnv sets env var name of container c of the Deployment key.
+func (m *objects) setEnv(key, c, name, value string) {
+	m.editContainer(key, c, func(ctr map[string]any) {
+		env, _ := ctr["env"].([]any)
+		for _, e := range env {
+			if em := e.(map[string]any); em["name"] == name {
+				em["value"] = value
+				return
+			}
+		}
+		ctr["env"] = append(env, map[string]any{"name": name, "value": value})
+	})
+}
+
+func (m *objects) dropEnv(key, c, name string) {
+	m.editContainer(key, c, func(ctr map[string]any) {
+		env, _ := ctr["env"].([]any)
+		ctr["env"] = slices.DeleteFunc(env, func(e any) bool { return e.(map[string]any)["name"] == name })
+	})
+}
+
+func (m *objects) editContainer(key, c string, edit func(map[string]any)) {
+	o := m.get(key)
+	path := append(append([]string{}, object.PodTemplatePath(o)...), "spec", "containers")
+	list, _, _ := unstructured.NestedSlice(o.Object, path...)
+	for _, x := range list {
+		if x.(map[string]any)["name"] == c {
+			edit(x.(map[string]any))
+		}
+	}
+	if err := unstructured.SetNestedSlice(o.Object, list, path...); err != nil {
+		m.t.Fatal(err)
+	}
+}
+
+// editMesh changes the mesh config as a map.
+func (m *objects) editMesh(edit func(map[string]any)) {
+	key := "ConfigMap/istio-system/istio"
+	mesh, err := meshOf(m.get(key))
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	edit(mesh)
+	b, _ := yaml.Marshal(mesh)
+	m.set(key, string(b), "data", "mesh")
+}
+
+// editValues changes the injector values as a map.
+func (m *objects) editValues(edit func(map[string]any)) {
+	key := "ConfigMap/istio-system/istio-sidecar-injector"
+	s, _, _ := unstructured.NestedString(m.get(key).Object, "data", "values")
+	v := map[string]any{}
+	if err := json.Unmarshal([]byte(s), &v); err != nil {
+		m.t.Fatal(err)
+	}
+	edit(v)
+	b, _ := json.Marshal(v)
+	m.set(key, string(b), "data", "values")
+}
+
+func setPath(m map[string]any, value any, path ...string) {
+	for _, k := range path[:len(path)-1] {
+		next, ok := m[k].(map[string]any)
+		if !ok {
+			next = map[string]any{}
+			m[k] = next
+		}
+		m = next
+	}
+	m[path[len(path)-1]] = value
+}
+
+// checkMutated builds the target named (an overlay's installation, or a
+// directory), applies mutate to a copy of its objects and runs every check.
+func checkMutated(t *testing.T, kind, name string, mutate func(*objects)) Target {
+	t.Helper()
+	e := testEnv(t)
+	specs, err := targets(Options{Tree: e.tree, Targets: []string{name}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range specs {
+		if s.kind != kind {
+			continue
+		}
+		objs, err := e.objects(s.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := &objects{t: t}
+		for _, o := range objs {
+			m.objs = append(m.objs, o.DeepCopy())
+		}
+		mutate(m)
+		return e.checkBuilt(s, m.objs)
+	}
+	t.Fatalf("no %s target %s", kind, name)
+	return Target{}
+}
+
+func failed(tg Target) []string {
+	var ids []string
+	for _, c := range tg.Checks {
+		if !c.Passed {
+			ids = append(ids, c.ID)
+		}
+	}
+	return ids
+}
+
+const (
+	istiodKey  = "Deployment/istio-system/istiod"
+	cniKey     = "DaemonSet/kube-system/istio-cni-node"
+	ingressSvc = "Service/istio-system/istio-ingressgateway"
+)
+
+// Each check fails, naming itself, when the one thing it guards is broken in
+// a copy of the built objects.
+func TestEachCheckFailsOnABrokenBuild(t *testing.T) {
+	inst, dir := KindInstallation, KindDirectory
+	cases := []struct {
+		name, check, kind, target string
+		mutate                    func(*objects)
+	}{
+		{"no CNI DaemonSet", "F1", inst, "oauth2-proxy", func(m *objects) { m.remove(cniKey) }},
+		{"injector without CNI", "F1", inst, "gke", func(m *objects) {
+			m.editValues(func(v map[string]any) { setPath(v, false, "pilot", "cni", "enabled") })
+		}},
+		{"native sidecars off", "F2", inst, "oauth2-proxy", func(m *objects) {
+			m.setEnv(istiodKey, "discovery", "ENABLE_NATIVE_SIDECARS", "false")
+		}},
+		{"gateway HPA", "F3", dir, "cluster-local-gateway/base", func(m *objects) {
+			m.set("HorizontalPodAutoscaler/istio-system/cluster-local-gateway", int64(10), "spec", "maxReplicas")
+		}},
+		{"gateway service ports", "F3", dir, "cluster-local-gateway/overlays/m2m-auth", func(m *objects) {
+			m.set("Service/istio-system/cluster-local-gateway", []any{map[string]any{"name": "http2", "port": int64(80), "targetPort": int64(8080)}}, "spec", "ports")
+		}},
+		{"gateway router mode", "F3", inst, "insecure", func(m *objects) {
+			m.dropEnv("Deployment/istio-system/cluster-local-gateway", "istio-proxy", "ISTIO_META_ROUTER_MODE")
+		}},
+		{"gateway RBAC", "F3", dir, "cluster-local-gateway/base", func(m *objects) {
+			m.remove("RoleBinding/istio-system/cluster-local-gateway-sds")
+		}},
+		{"egress gateway", "F4", dir, "istio-install/base", func(m *objects) {
+			m.add("apiVersion: v1\nkind: Service\nmetadata:\n  name: istio-egressgateway\n  namespace: istio-system\n")
+		}},
+		{"PodDisruptionBudget", "F5", inst, "insecure", func(m *objects) {
+			m.add("apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata:\n  name: istiod\n  namespace: istio-system\nspec:\n  minAvailable: 1\n")
+		}},
+		{"deny-all allows", "F6", dir, "istio-install/overlays/oauth2-proxy", func(m *objects) {
+			m.set("AuthorizationPolicy/istio-system/global-deny-all", map[string]any{"action": "ALLOW", "rules": []any{map[string]any{}}}, "spec")
+		}},
+		{"gateway policy selector", "F6", inst, "gke", func(m *objects) {
+			m.set("AuthorizationPolicy/istio-system/istio-ingressgateway", map[string]any{"app": "other"}, "spec", "selector", "matchLabels")
+		}},
+		{"LoadBalancer ingress", "F7", inst, "gke", func(m *objects) { m.set(ingressSvc, "LoadBalancer", "spec", "type") }},
+		{"namespace injected", "F7", dir, "istio-namespace/base", func(m *objects) {
+			m.set("Namespace/istio-system", map[string]any{"pod-security.kubernetes.io/enforce": "restricted"}, "metadata", "labels")
+		}},
+		{"kubeflow gateway port", "F7", dir, "kubeflow-istio-resources/base", func(m *objects) {
+			m.set("Gateway/kubeflow/kubeflow-gateway", []any{map[string]any{"port": map[string]any{"number": int64(8080), "name": "http", "protocol": "HTTP"}, "hosts": []any{"*"}}}, "spec", "servers")
+		}},
+		{"keepalive", "F8", inst, "oauth2-proxy", func(m *objects) {
+			m.editMesh(func(mesh map[string]any) { setPath(mesh, "20s", "tcpKeepalive", "time") })
+		}},
+		{"tracer", "F9", inst, "oauth2-proxy", func(m *objects) {
+			m.editMesh(func(mesh map[string]any) {
+				setPath(mesh, map[string]any{"zipkin": map[string]any{"address": "zipkin.istio-system:9411"}}, "defaultConfig", "tracing")
+			})
+		}},
+		{"mesh replaced by a copy", "F9", dir, "istio-install/overlays/insecure", func(m *objects) {
+			m.editMesh(func(mesh map[string]any) { delete(mesh, "defaultProviders") })
+		}},
+		{"debug on", "F10", dir, "istio-install/base", func(m *objects) {
+			m.setEnv(istiodKey, "discovery", "ENABLE_DEBUG_ON_HTTP", "true")
+		}},
+		{"istiod seccomp", "F11", inst, "oauth2-proxy", func(m *objects) {
+			m.set(istiodKey, map[string]any{}, "spec", "template", "spec", "securityContext")
+		}},
+		{"sidecar seccomp", "F11", dir, "istio-install/overlays/gke", func(m *objects) {
+			m.editValues(func(v map[string]any) { setPath(v, map[string]any{}, "global", "proxy", "seccompProfile") })
+		}},
+		{"gateway seccomp", "F11", dir, "cluster-local-gateway/base", func(m *objects) {
+			m.set("Deployment/istio-system/cluster-local-gateway", map[string]any{}, "spec", "template", "spec", "securityContext")
+		}},
+		{"privileged istiod", "F12", inst, "oauth2-proxy", func(m *objects) {
+			m.editContainer(istiodKey, "discovery", func(c map[string]any) {
+				c["securityContext"] = map[string]any{"privileged": true}
+			})
+		}},
+		{"no ext-authz provider", "F13", inst, "insecure", func(m *objects) {
+			m.editMesh(func(mesh map[string]any) { delete(mesh, "extensionProviders") })
+		}},
+		{"JWKS refresh", "F13", dir, "istio-install/overlays/oauth2-proxy", func(m *objects) {
+			m.dropEnv(istiodKey, "discovery", "PILOT_JWT_PUB_KEY_REFRESH_INTERVAL")
+		}},
+		{"GKE bin dir", "F14", inst, "gke", func(m *objects) {
+			_ = object.EditPodSpec(m.get(cniKey), func(spec *corev1.PodSpec) {
+				for i := range spec.Volumes {
+					if spec.Volumes[i].Name == "cni-bin-dir" {
+						spec.Volumes[i].HostPath.Path = "/opt/cni/bin"
+					}
+				}
+			})
+		}},
+		{"GKE differs elsewhere", "F14", dir, "istio-install/overlays/gke", func(m *objects) {
+			m.set(istiodKey, int64(3), "spec", "replicas")
+		}},
+		{"CNI left behind", "F15", inst, "insecure", func(m *objects) {
+			m.add("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: istio-cni\n  namespace: kube-system\n")
+		}},
+		{"istiod env replaced", "F15", dir, "istio-install/overlays/insecure", func(m *objects) {
+			m.dropEnv(istiodKey, "discovery", "REVISION")
+		}},
+		{"injector hub", "F15", inst, "insecure", func(m *objects) {
+			m.editValues(func(v map[string]any) { setPath(v, "docker.io/istio", "global", "hub") })
+		}},
+		{"namespace not privileged", "F15", dir, "istio-install/overlays/insecure", func(m *objects) {
+			m.set("Namespace/kubeflow", map[string]any{}, "metadata", "labels")
+		}},
+		{"editors may write", "F16", dir, "kubeflow-istio-resources/base", func(m *objects) {
+			m.set("ClusterRole/kubeflow-istio-edit", []any{map[string]any{"apiGroups": []any{"istio.io", "networking.istio.io"}, "resources": []any{"*"}, "verbs": []any{"get", "list", "watch", "create"}}}, "rules")
+		}},
+		{"no service-account tokens", "F17", dir, "cluster-local-gateway/overlays/m2m-auth", func(m *objects) {
+			m.remove("RequestAuthentication/istio-system/cluster-local-gateway-jwt")
+		}},
+		{"m2m allows all", "F17", dir, "cluster-local-gateway/overlays/m2m-auth", func(m *objects) {
+			m.set("AuthorizationPolicy/istio-system/cluster-local-gateway", []any{map[string]any{}}, "spec", "rules")
+		}},
+		{"stale image", "F18", inst, "oauth2-proxy", func(m *objects) {
+			m.editContainer(istiodKey, "discovery", func(c map[string]any) { c["image"] = "gcr.io/istio-release/pilot:1.28.3" })
+		}},
+		{"stale chart label", "F18", dir, "istio-crds/base", func(m *objects) {
+			m.set("CustomResourceDefinition/gateways.networking.istio.io", "base-1.28.3", "metadata", "labels", "helm.sh/chart")
+		}},
+		{"proxy from another hub", "INJECT", inst, "oauth2-proxy", func(m *objects) {
+			m.editValues(func(v map[string]any) { setPath(v, "docker.io/istio", "global", "hub") })
+		}},
+		{"privileged sidecar", "INJECT", dir, "istio-install/overlays/gke", func(m *objects) {
+			m.editValues(func(v map[string]any) { setPath(v, true, "global", "proxy", "privileged") })
+		}},
+		{"unknown field", "SCHEMA", dir, "istio-install/base", func(m *objects) {
+			m.set("Gateway/istio-system/istio-ingressgateway", map[string]any{"app": "x"}, "spec", "selectr")
+		}},
+		{"wrong type", "SCHEMA", inst, "gke", func(m *objects) {
+			m.set(istiodKey, "two", "spec", "replicas")
+		}},
+		{"unknown built-in field", "SCHEMA", dir, "cluster-local-gateway/base", func(m *objects) {
+			m.set("Service/istio-system/cluster-local-gateway", "x", "spec", "typo")
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.check+" "+c.name, func(t *testing.T) {
+			tg := checkMutated(t, c.kind, c.target, c.mutate)
+			if !slices.Contains(failed(tg), c.check) {
+				var b strings.Builder
+				_ = (&Report{Targets: []Target{tg}}).WriteText(&b)
+				t.Fatalf("%s did not fail:\n%s", c.check, b.String())
+			}
+		})
+	}
+	// Every check has a case.
+	for _, ch := range checks {
+		if !slices.ContainsFunc(cases, func(c struct {
+			name, check, kind, target string
+			mutate                    func(*objects)
+		}) bool {
+			return c.check == ch.id
+		}) {
+			t.Errorf("check %s has no failing case", ch.id)
+		}
+	}
+}
+
+// copyTree copies the repository's manifests/ into a temporary directory.
+func copyTree(t *testing.T) string {
+	t.Helper()
+	src := "../../manifests"
+	dst := filepath.Join(t.TempDir(), "manifests")
+	err := filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), 0o755)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dst, rel), b, 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+// Removing any one Kubeflow change from a copy of the tree makes verify fail
+// with the fact that change keeps.
+func TestRemovingAKubeflowChangeFailsItsFact(t *testing.T) {
+	cases := []struct {
+		file, line string // the line removed from file
+		targets    []string
+		want       string
+	}{
+		{"istio-install/base/kustomization.yaml", "- path: patches/istiod.yaml", []string{"istio-install/base"}, "F10"},
+		{"istio-install/base/kustomization.yaml", "- path: patches/istio-ingressgateway.yaml", []string{"istio-install/base"}, "F7"},
+		{"istio-install/base/kustomization.yaml", "- gateway.yaml", []string{"istio-install/base"}, "F7"},
+		{"istio-install/base/kustomization.yaml", "- authorizationpolicies.yaml", []string{"istio-install/base"}, "F6"},
+		{"istio-install/components/oauth2-proxy/kustomization.yaml", "- path: istiod.yaml", []string{"istio-install/overlays/oauth2-proxy"}, "F13"},
+		{"istio-install/components/oauth2-proxy/kustomization.yaml", "- upstream", []string{"istio-install/overlays/oauth2-proxy"}, "F13"},
+		{"istio-install/overlays/gke/kustomization.yaml", "- ../../components/gke-cni", []string{"istio-install/overlays/gke"}, "F14"},
+		{"istio-install/components/no-cni/kustomization.yaml", "- namespaces.yaml", []string{"insecure"}, "F15"},
+		{"istio-install/components/no-cni/kustomization.yaml", "- upstream", []string{"istio-install/overlays/insecure"}, "F15"},
+		{"cluster-local-gateway/base/kustomization.yaml", "- path: patches/seccomp.yaml", []string{"cluster-local-gateway/base"}, "F11"},
+		{"cluster-local-gateway/base/kustomization.yaml", "- gateway.yaml", []string{"cluster-local-gateway/base"}, "F3"},
+		{"cluster-local-gateway/overlays/m2m-auth/kustomization.yaml", "- deny-unauthenticated.yaml", []string{"cluster-local-gateway/overlays/m2m-auth"}, "F17"},
+		{"kubeflow-istio-resources/base/kustomization.yaml", "- cluster-roles.yaml", []string{"kubeflow-istio-resources/base"}, "F16"},
+		{"istio-namespace/base/namespace.yaml", "    pod-security.kubernetes.io/enforce: restricted", []string{"istio-namespace/base"}, "F7"},
+		{"istio-install/base/kustomization.yaml", "- install.yaml", []string{"istio-install/base"}, "BUILD"},
+	}
+	for _, c := range cases {
+		t.Run(c.want+" "+c.file+" "+strings.TrimSpace(c.line), func(t *testing.T) {
+			dir := copyTree(t)
+			p := filepath.Join(dir, filepath.FromSlash(c.file))
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			edited := strings.Replace(string(b), c.line+"\n", "", 1)
+			if edited == string(b) {
+				t.Fatalf("%s has no line %q", c.file, c.line)
+			}
+			if err := os.WriteFile(p, []byte(edited), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			tree, err := build.Dir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep, err := Run(Options{Tree: tree, Targets: c.targets})
+			if err != nil {
+				t.Fatal(err)
+			}
+			found := false
+			for _, f := range rep.Failed() {
+				found = found || strings.HasSuffix(f, ": "+c.want)
+			}
+			if !found {
+				t.Fatalf("verify does not fail %s; failed: %v", c.want, rep.Failed())
+			}
+		})
+	}
+}
+
+func TestUnknownTarget(t *testing.T) {
+	_, err := Run(Options{Tree: testEnv(t).tree, Targets: []string{"ambient-typo"}})
+	if err == nil || !strings.Contains(err.Error(), "oauth2-proxy") || !strings.Contains(err.Error(), "istio-crds/base") {
+		t.Fatalf("got %v, want an error listing overlays and directories", err)
+	}
+}
