@@ -59,7 +59,8 @@ func NewRootCommand(s Streams) *cobra.Command {
 		Short: "The Istio distribution of Kubeflow",
 		Long: `kfistio owns the Kubeflow Istio tree end to end: it generates the tree from
 the pinned upstream Istio release (sync), builds it (build), proves what it
-promises (verify), and prints its version (version).
+promises (verify), installs it on a cluster in stages and waits for it
+(install), and shows and removes what it installed (diff, status, uninstall).
 
 The tree is embedded in the binary; every command that reads it can read a
 tree on disk instead with --manifests.`,
@@ -73,6 +74,10 @@ tree on disk instead with --manifests.`,
 		newSyncCommand(s),
 		newBuildCommand(s),
 		newVerifyCommand(s),
+		newInstallCommand(s),
+		newDiffCommand(s),
+		newStatusCommand(s),
+		newUninstallCommand(s),
 		newVersionCommand(s),
 	)
 	return root

@@ -37,7 +37,7 @@ file that differs from a fresh render and exits 1 if there is any.`,
 			if _, err := os.Stat(filepath.Join(root, tree.ProfileInput)); err != nil {
 				return fmt.Errorf("%s not found under %q: run sync from the repository root or pass --dir: %w", tree.ProfileInput, root, err)
 			}
-			st := newStatus(s.Err)
+			st := newProgress(s.Err)
 			st.start("Rendering Istio " + upstream.Release)
 			gen, err := tree.Generate(root)
 			st.end(err == nil)

@@ -11,7 +11,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/pmezard/go-difflib/difflib"
+	"github.com/kubeflow/kfistio/internal/object"
 )
 
 // Change is one generated file that differs between disk and a fresh render.
@@ -118,12 +118,5 @@ func hasHeader(path string) (bool, error) {
 }
 
 func unified(path string, old, fresh []byte) string {
-	d, _ := difflib.GetUnifiedDiffString(difflib.UnifiedDiff{
-		A:        difflib.SplitLines(string(old)),
-		B:        difflib.SplitLines(string(fresh)),
-		FromFile: "a/manifests/" + path + " (on disk)",
-		ToFile:   "b/manifests/" + path + " (fresh render)",
-		Context:  3,
-	})
-	return d
+	return object.Diff("a/manifests/"+path+" (on disk)", "b/manifests/"+path+" (fresh render)", old, fresh)
 }

@@ -657,6 +657,9 @@ func checkClusterRoles(t *target) []Problem {
 		expectLabel(&p, r, "rbac.authorization.kubeflow.org/aggregate-to-kubeflow-admin", "true")
 		expect(&p, r, "aggregationRule.clusterRoleSelectors", []any{map[string]any{
 			"matchLabels": map[string]any{"rbac.authorization.kubeflow.org/aggregate-to-kubeflow-istio-admin": "true"}}})
+		if rules, ok := field(r, "rules"); ok {
+			p.wrong(object.Key(r), "rules", rules, "no rules: the aggregation controller writes them, and applying any conflicts with it")
+		}
 	}
 	if r := t.require(&p, "ClusterRole", "", "kubeflow-istio-edit"); r != nil {
 		expectLabel(&p, r, "rbac.authorization.kubeflow.org/aggregate-to-kubeflow-edit", "true")

@@ -325,6 +325,9 @@ func TestEachCheckFailsOnABrokenBuild(t *testing.T) {
 		{"editors may write", "F16", dir, "kubeflow-istio-resources/base", func(m *objects) {
 			m.set("ClusterRole/kubeflow-istio-edit", []any{map[string]any{"apiGroups": []any{"istio.io", "networking.istio.io"}, "resources": []any{"*"}, "verbs": []any{"get", "list", "watch", "create"}}}, "rules")
 		}},
+		{"aggregated rules set", "F16", dir, "kubeflow-istio-resources/base", func(m *objects) {
+			m.set("ClusterRole/kubeflow-istio-admin", []any{}, "rules")
+		}},
 		{"no service-account tokens", "F17", dir, "cluster-local-gateway/overlays/m2m-auth", func(m *objects) {
 			m.remove("RequestAuthentication/istio-system/cluster-local-gateway-jwt")
 		}},

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every test. The cluster tests run against a real local control plane
+# (kube-apiserver, kube-controller-manager, kube-scheduler, etcd, kwok), built
+# from Go modules by hack/build-controlplane.sh on first use (several minutes
+# once, then cached). kubectl built there is the reference for the
+# `kubectl kustomize` comparison. Extra arguments go to `go test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./hack/build-controlplane.sh
+export PATH="$PWD/_output/bin:$PATH" KFISTIO_REQUIRE_KUBECTL=1
+go test -timeout 30m ./... "$@"

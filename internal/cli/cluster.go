@@ -1,0 +1,142 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/kubeflow/kfistio/internal/build"
+	"github.com/kubeflow/kfistio/internal/install"
+	"github.com/kubeflow/kfistio/internal/kube"
+)
+
+// clusterFlags are the flags that choose a cluster, as kubectl's do.
+type clusterFlags struct {
+	kubeconfig, context string
+	timeout             time.Duration
+}
+
+func (f *clusterFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
+	cmd.Flags().StringVar(&f.context, "context", "", "kubeconfig context (default: the current context)")
+	cmd.Flags().DurationVar(&f.timeout, "timeout", install.DefaultTimeout, "how long to wait for each stage to become ready")
+}
+
+// connect connects to the cluster; the API server's warnings go to warnings.
+func (f *clusterFlags) connect(ctx context.Context, warnings io.Writer) (*kube.Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return kube.Connect(ctx, kube.Options{Kubeconfig: f.kubeconfig, Context: f.context, Warnings: warnings})
+}
+
+// installationFlags choose what an install applies.
+type installationFlags struct {
+	overlay             string
+	clusterLocalGateway string
+	kubeflowResources   bool
+	manifests           string
+}
+
+const autoOverlay = "auto"
+
+func (f *installationFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.overlay, "overlay", autoOverlay, "install overlay: "+overlayNames()+", or auto (gke on GKE, else "+build.DefaultOverlay+")")
+	cmd.Flags().StringVar(&f.clusterLocalGateway, "cluster-local-gateway", "base", "the KServe cluster-local gateway: base, m2m-auth, or none")
+	cmd.Flags().BoolVar(&f.kubeflowResources, "kubeflow-resources", true, "install kubeflow-gateway and the Kubeflow ClusterRoles")
+	addManifestsFlag(cmd, &f.manifests)
+}
+
+// resolve turns the flags into an installation and its objects. With the
+// overlay auto, it detects the platform and says what it saw on progress.
+func (f *installationFlags) resolve(ctx context.Context, c *kube.Client, progress io.Writer) (build.Installation, []*unstructured.Unstructured, error) {
+	in := build.Installation{Overlay: f.overlay, KubeflowResources: f.kubeflowResources}
+	switch f.clusterLocalGateway {
+	case "base":
+		in.ClusterLocalGateway = true
+	case "m2m-auth":
+		in.ClusterLocalGateway, in.M2MAuth = true, true
+	case "none":
+	default:
+		return in, nil, fmt.Errorf("--cluster-local-gateway %q: use base, m2m-auth or none", f.clusterLocalGateway)
+	}
+	if in.Overlay == autoOverlay {
+		p, err := install.DetectPlatform(ctx, c)
+		if err != nil {
+			return in, nil, err
+		}
+		in.Overlay = build.DefaultOverlay
+		if p.GKE {
+			in.Overlay = "gke"
+			fmt.Fprintf(progress, "Detected GKE: %s. Using the gke overlay (CNI binaries in /home/kubernetes/bin).\n", p.Reason)
+		} else {
+			fmt.Fprintf(progress, "No GKE detected (%s). Using the %s overlay.\n", p.Reason, in.Overlay)
+		}
+	}
+	if _, ok := build.LookupOverlay(in.Overlay); !ok {
+		return in, nil, fmt.Errorf("unknown overlay %q: choose one of %s, or auto", in.Overlay, overlayNames())
+	}
+	tree, err := openTree(f.manifests)
+	if err != nil {
+		return in, nil, err
+	}
+	res, err := tree.BuildInstallation(in)
+	if err != nil {
+		return in, nil, err
+	}
+	objs, err := res.Objects()
+	return in, objs, err
+}
+
+// progressFunc turns install events into ✓/✗ lines on w.
+func progressFunc(w io.Writer) func(install.Event) {
+	p := newProgress(w)
+	return func(e install.Event) {
+		if e.Done {
+			p.end(e.Err == nil)
+		} else {
+			p.start(e.Step)
+		}
+	}
+}
+
+// writeOutput writes v as JSON, or calls text.
+func writeOutput(w io.Writer, format string, v any, text func() error) error {
+	switch format {
+	case "json":
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	case "text":
+		return text()
+	}
+	return fmt.Errorf("unknown output format %q: use text or json", format)
+}
+
+func checkFormat(format string) error {
+	if format != "text" && format != "json" {
+		return fmt.Errorf("unknown output format %q: use text or json", format)
+	}
+	return nil
+}
+
+func writeChanges(w io.Writer, cs install.ChangeSet, dryRun bool) error {
+	suffix := ""
+	if dryRun {
+		suffix = " (dry run)"
+	}
+	for _, c := range cs {
+		line := fmt.Sprintf("%s %s%s", c.Object, c.Action, suffix)
+		if c.Note != "" {
+			line += " (" + c.Note + ")"
+		}
+		if _, err := fmt.Fprintln(w, line); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,136 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kubeflow/kfistio/internal/build"
+	"github.com/kubeflow/kfistio/internal/install"
+)
+
+func newStatusCommand(s Streams) *cobra.Command {
+	var (
+		cluster   clusterFlags
+		manifests string
+		output    string
+	)
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show what kfistio installed on a cluster and how it is doing",
+		Long: `Read the installation kfistio recorded on the cluster and report the overlay,
+the Istio release, the readiness of each workload (with the reason from its
+pods when it is not ready), and whether the cluster drifted from the tree.`,
+		Example: `  kfistio status
+  kfistio status -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkFormat(output); err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			c, err := cluster.connect(ctx, s.Err)
+			if err != nil {
+				return err
+			}
+			in := &install.Installer{Client: c}
+			inv, err := in.ReadInventory(ctx)
+			if err != nil {
+				return err
+			}
+			tree, err := openTree(manifests)
+			if err != nil {
+				return err
+			}
+			res, err := tree.BuildInstallation(build.Installation{Overlay: inv.Overlay, ClusterLocalGateway: inv.ClusterLocalGateway,
+				M2MAuth: inv.M2MAuth, KubeflowResources: inv.KubeflowResources})
+			if err != nil {
+				return err
+			}
+			objs, err := res.Objects()
+			if err != nil {
+				return err
+			}
+			st, err := in.Status(ctx, inv, objs)
+			if err != nil {
+				return err
+			}
+			return writeOutput(s.Out, output, st, func() error {
+				complete := "complete"
+				if !inv.Complete {
+					complete = "incomplete: an install was interrupted; run kfistio install again"
+				}
+				fmt.Fprintf(s.Out, "Overlay:  %s\nIstio:    %s (installed by kfistio %s)\nInstall:  %s\n", res.Dir, inv.IstioRelease, inv.KfistioVersion, complete)
+				fmt.Fprintln(s.Out, "Components:")
+				for _, comp := range st.Components {
+					mark := "✓"
+					if comp.Status != "Current" {
+						mark = "✗"
+					}
+					fmt.Fprintf(s.Out, "  %s %s: %s\n", mark, comp.Object, comp.Message)
+				}
+				if len(st.Drift) == 0 {
+					fmt.Fprintln(s.Out, "Drift:    none")
+				} else {
+					fmt.Fprintf(s.Out, "Drift:    %d objects differ from the tree (kfistio diff shows how):\n", len(st.Drift))
+					for _, d := range st.Drift {
+						fmt.Fprintf(s.Out, "  %s would be %s\n", d.Object, d.Action)
+					}
+				}
+				return nil
+			})
+		},
+	}
+	cluster.add(cmd)
+	addManifestsFlag(cmd, &manifests)
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	return cmd
+}
+
+func newUninstallCommand(s Streams) *cobra.Command {
+	var (
+		cluster clusterFlags
+		opts    install.UninstallOptions
+		output  string
+	)
+	cmd := &cobra.Command{
+		Use:   "uninstall",
+		Short: "Remove what kfistio installed",
+		Long: `Delete every object kfistio recorded in its inventory, in reverse install order,
+and wait until they are gone. Namespaces are kept (kfistio's labels are
+removed from them): they may hold more than Istio. The Istio CRDs are kept
+unless --purge is given; a purge first lists the custom resources that would
+be deleted with them and needs --yes to delete any.`,
+		Example: `  kfistio uninstall
+  kfistio uninstall --purge --yes`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkFormat(output); err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			c, err := cluster.connect(ctx, s.Err)
+			if err != nil {
+				return err
+			}
+			opts.Timeout = cluster.timeout
+			in := &install.Installer{Client: c, Progress: progressFunc(s.Err)}
+			cs, err := in.Uninstall(ctx, opts)
+			var purge *install.PurgeError
+			if errors.As(err, &purge) {
+				return &ExitError{Code: 1, Err: fmt.Errorf("warning: %w", err)}
+			}
+			if werr := writeOutput(s.Out, output, cs, func() error { return writeChanges(s.Out, cs, opts.DryRun) }); werr != nil && err == nil {
+				err = werr
+			}
+			return err
+		},
+	}
+	cluster.add(cmd)
+	cmd.Flags().BoolVar(&opts.Purge, "purge", false, "also delete the Istio CRDs, their custom resources, and the istio-system namespace")
+	cmd.Flags().BoolVar(&opts.Confirm, "yes", false, "with --purge: delete the custom resources it lists")
+	cmd.Flags().BoolVar(&opts.DryRun, "dry-run", false, "send server-side dry-run requests only")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format of the change set: text or json")
+	return cmd
+}

@@ -1,0 +1,132 @@
+package cli
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kubeflow/kfistio/internal/install"
+)
+
+func newInstallCommand(s Streams) *cobra.Command {
+	var (
+		cluster clusterFlags
+		what    installationFlags
+		dryRun  bool
+		force   bool
+		output  string
+	)
+	cmd := &cobra.Command{
+		Use:   "install",
+		Short: "Install the Kubeflow Istio distribution on a cluster",
+		Long: `Build the installation (the Istio CRDs, the istio-system namespace, an install
+overlay, the cluster-local gateway and the Kubeflow resources) and apply it with
+server-side apply, in stages:
+
+  1. CRDs and namespaces, then wait until the CRDs are Established;
+  2. the control plane (istiod, the CNI node agent, RBAC, config), then wait
+     until istiod and the CNI node agent are ready;
+  3. the webhooks istiod serves;
+  4. the gateways and Istio resources, then wait until the gateways are ready.
+
+Objects the server says would not change are not written: a second install
+with nothing changed performs no writes and reports every object unchanged.
+Objects an earlier install applied and this one does not have (the CNI node
+agent, when moving to the insecure overlay) are pruned. What kfistio applied is
+recorded in the ConfigMap kube-system/kfistio and labelled
+` + install.ManagedLabel + `=true.
+
+Progress goes to standard error; the change set (created, configured,
+unchanged, pruned per object) to standard output.`,
+		Example: `  # Detect the platform and install the right overlay
+  kfistio install
+
+  # What would change, without changing anything
+  kfistio install --overlay insecure --dry-run
+
+  # Only the control plane, on another cluster
+  kfistio install --context prod --cluster-local-gateway none --kubeflow-resources=false`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkFormat(output); err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			c, err := cluster.connect(ctx, s.Err)
+			if err != nil {
+				return err
+			}
+			inst, objs, err := what.resolve(ctx, c, s.Err)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(s.Err, "Installing %s on %s (context %q)\n", inst.Name(), c.Host, c.Context)
+			in := &install.Installer{Client: c, Progress: progressFunc(s.Err)}
+			cs, err := in.Install(ctx, install.Options{
+				Installation: inst, Objects: objs, DryRun: dryRun, ForceConflicts: force,
+				Timeout: cluster.timeout, Version: currentVersion().Version,
+			})
+			if werr := writeOutput(s.Out, output, cs, func() error { return writeChanges(s.Out, cs, dryRun) }); werr != nil && err == nil {
+				err = werr
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(s.Err, "%d created, %d configured, %d unchanged, %d pruned\n",
+				cs.Count(install.Created), cs.Count(install.Configured), cs.Count(install.Unchanged), cs.Count(install.Pruned))
+			return nil
+		},
+	}
+	cluster.add(cmd)
+	what.add(cmd)
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "send server-side dry-run requests only, and print what would change")
+	cmd.Flags().BoolVar(&force, "force-conflicts", false, "take over fields that other field managers own")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format of the change set: text or json")
+	return cmd
+}
+
+func newDiffCommand(s Streams) *cobra.Command {
+	var (
+		cluster clusterFlags
+		what    installationFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "diff",
+		Short: "Show how the cluster differs from what install would apply",
+		Long: `Compare every object of the installation with the cluster, using server-side
+dry runs of the apply that install would make, and print a unified diff per
+object that would be created, changed or pruned. Fields that other managers own
+(istiod's webhook CA bundles, replicas set by autoscalers) are not differences.
+
+Exit status: 0 when nothing would change, 1 when something would.`,
+		Example: `  kfistio diff
+  kfistio diff --overlay insecure`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			c, err := cluster.connect(ctx, s.Err)
+			if err != nil {
+				return err
+			}
+			_, objs, err := what.resolve(ctx, c, s.Err)
+			if err != nil {
+				return err
+			}
+			diffs, err := (&install.Installer{Client: c}).Diff(ctx, objs)
+			if err != nil {
+				return err
+			}
+			for _, d := range diffs {
+				fmt.Fprint(s.Out, d.Diff)
+			}
+			if len(diffs) > 0 {
+				return &ExitError{Code: 1, Err: fmt.Errorf("%d objects differ", len(diffs))}
+			}
+			fmt.Fprintln(s.Err, "No differences.")
+			return nil
+		},
+	}
+	cluster.add(cmd)
+	what.add(cmd)
+	return cmd
+}

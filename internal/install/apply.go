@@ -1,0 +1,132 @@
+package install
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"reflect"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kubeflow/kfistio/internal/object"
+)
+
+// Action is what kfistio did, or would do, to one object.
+type Action string
+
+// Actions of a change set.
+const (
+	Created    Action = "created"
+	Configured Action = "configured"
+	Unchanged  Action = "unchanged"
+	Pruned     Action = "pruned"
+	Deleted    Action = "deleted"
+	// Released: kfistio removed the fields it owned and left the object, a
+	// namespace that other software shares.
+	Released Action = "released"
+)
+
+// Change is one line of a change set.
+type Change struct {
+	Object string `json:"object"`
+	Action Action `json:"action"`
+	Note   string `json:"note,omitempty"`
+}
+
+// ChangeSet is what an install or uninstall did, object by object, in order.
+type ChangeSet []Change
+
+// Count returns how many changes have action a.
+func (cs ChangeSet) Count(a Action) int {
+	n := 0
+	for _, c := range cs {
+		if c.Action == a {
+			n++
+		}
+	}
+	return n
+}
+
+// withLabel returns a copy of o that carries ManagedLabel.
+func withLabel(o *unstructured.Unstructured) *unstructured.Unstructured {
+	c := o.DeepCopy()
+	labels := c.GetLabels()
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	labels[ManagedLabel] = "true"
+	c.SetLabels(labels)
+	return c
+}
+
+// apply server-side applies o, unless the server's dry run of the apply shows
+// it would change nothing, and reports what it did (or, with dryRun, would do).
+func (in *Installer) apply(ctx context.Context, o *unstructured.Unstructured, dryRun, force bool) (Action, error) {
+	key := object.Key(o)
+	res, err := in.Client.Resource(o)
+	if err != nil {
+		return "", fmt.Errorf("apply %s: %w", key, err)
+	}
+	body, err := json.Marshal(withLabel(o).Object)
+	if err != nil {
+		return "", err
+	}
+	live, err := res.Get(ctx, o.GetName(), metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		live = nil
+	case err != nil:
+		return "", applyError(key, err)
+	}
+	opts := metav1.PatchOptions{FieldManager: FieldManager, Force: &force}
+	if live != nil {
+		opts.DryRun = []string{metav1.DryRunAll}
+		after, err := res.Patch(ctx, o.GetName(), types.ApplyPatchType, body, opts)
+		if err != nil {
+			return "", applyError(key, err)
+		}
+		if sameObject(live, after) {
+			return Unchanged, nil
+		}
+		opts.DryRun = nil
+	}
+	if dryRun {
+		opts.DryRun = []string{metav1.DryRunAll}
+	}
+	if live == nil || !dryRun {
+		if _, err := res.Patch(ctx, o.GetName(), types.ApplyPatchType, body, opts); err != nil {
+			return "", applyError(key, err)
+		}
+	}
+	if live == nil {
+		return Created, nil
+	}
+	return Configured, nil
+}
+
+// sameObject compares two versions of an object, ignoring what the server
+// keeps for itself.
+func sameObject(a, b *unstructured.Unstructured) bool {
+	return reflect.DeepEqual(comparable(a), comparable(b))
+}
+
+func comparable(o *unstructured.Unstructured) map[string]any {
+	c := o.DeepCopy()
+	unstructured.RemoveNestedField(c.Object, "metadata", "managedFields")
+	unstructured.RemoveNestedField(c.Object, "metadata", "resourceVersion")
+	return c.Object
+}
+
+// applyError says what failed on which object, and what to do.
+func applyError(key string, err error) error {
+	switch {
+	case apierrors.IsConflict(err):
+		return fmt.Errorf("apply %s: %w (another field manager owns these fields: re-run with --force-conflicts to take them over)", key, err)
+	case apierrors.IsForbidden(err):
+		return fmt.Errorf("apply %s: permission denied: %w", key, err)
+	}
+	return fmt.Errorf("apply %s: %w", key, err)
+}

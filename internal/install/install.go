@@ -1,0 +1,329 @@
+package install
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kubeflow/kfistio/internal/build"
+	"github.com/kubeflow/kfistio/internal/kube"
+	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/upstream"
+)
+
+// Installer works on one cluster.
+type Installer struct {
+	Client *kube.Client
+	// Progress, if set, receives the steps of long operations as they start
+	// and end.
+	Progress func(Event)
+}
+
+// Event is a step of an operation starting (Done false) or ending.
+type Event struct {
+	Step string
+	Done bool
+	Err  error
+}
+
+func (in *Installer) step(name string, fn func() error) error {
+	if in.Progress != nil {
+		in.Progress(Event{Step: name})
+	}
+	err := fn()
+	if in.Progress != nil {
+		in.Progress(Event{Step: name, Done: true, Err: err})
+	}
+	return err
+}
+
+// Options say what Install applies and how.
+type Options struct {
+	Installation build.Installation
+	// Objects is the build of Installation.
+	Objects []*unstructured.Unstructured
+	// DryRun sends only server-side dry-run requests.
+	DryRun bool
+	// ForceConflicts takes over fields that other field managers own.
+	ForceConflicts bool
+	// Timeout bounds each wait for readiness.
+	Timeout time.Duration
+	// Version of kfistio, for the inventory.
+	Version string
+}
+
+// DefaultTimeout bounds each wait of an install.
+const DefaultTimeout = 5 * time.Minute
+
+// Install applies the installation in stages, waits for each stage, prunes
+// what an earlier install applied and this one no longer has, and returns
+// what it changed. A repeated install with nothing to change writes nothing.
+// An interrupted install leaves an inventory that the next run completes.
+func (in *Installer) Install(ctx context.Context, o Options) (ChangeSet, error) {
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
+	prev, err := readInventory(ctx, in.Client.Kube)
+	if err != nil {
+		return nil, err
+	}
+	var desired []Ref
+	for _, obj := range o.Objects {
+		desired = append(desired, refOf(obj))
+	}
+	inv := &Inventory{
+		Overlay: o.Installation.Overlay, ClusterLocalGateway: o.Installation.ClusterLocalGateway,
+		M2MAuth: o.Installation.M2MAuth, KubeflowResources: o.Installation.KubeflowResources,
+		IstioRelease: upstream.Release, KfistioVersion: o.Version, Objects: desired,
+	}
+	var previous []Ref
+	if prev != nil {
+		previous = prev.Objects
+	}
+	if all := union(previous, desired); !o.DryRun && (prev == nil || len(all) > len(previous)) {
+		// Record first what this install may create, so that an interrupted
+		// run can still be pruned or uninstalled.
+		during := *inv
+		during.Objects = all
+		if err := writeInventory(ctx, in.Client.Kube, &during); err != nil {
+			return nil, err
+		}
+	}
+	r := &run{in: in, o: o, newNamespaces: map[string]bool{}, newKinds: map[schema.GroupKind]bool{}}
+	for _, s := range stages(o.Objects) {
+		if len(s.objs) == 0 {
+			continue
+		}
+		if s.name == stageControlPlane {
+			if err := r.ensureNamespaces(ctx); err != nil {
+				return r.changes, err
+			}
+		}
+		err := in.step(fmt.Sprintf("Applying %s (%d objects)", s.name, len(s.objs)), func() error { return r.applyAll(ctx, s.objs) })
+		if err != nil {
+			return r.changes, err
+		}
+		if s.name == stageFoundation {
+			in.Client.ResetDiscovery()
+		}
+		if s.wait != "" && !o.DryRun {
+			err := in.step("Waiting for "+s.wait, func() error { return in.wait(ctx, "waiting for "+s.wait, s.objs, o.Timeout) })
+			if err != nil {
+				return r.changes, err
+			}
+		}
+	}
+	var stale []Ref
+	for _, ref := range previous {
+		if !slices.Contains(desired, ref) {
+			stale = append(stale, ref)
+		}
+	}
+	if len(stale) > 0 {
+		err := in.step(fmt.Sprintf("Pruning %d objects the installation no longer has", len(stale)), func() error {
+			changes, err := in.remove(ctx, stale, Pruned, false, o.DryRun)
+			r.changes = append(r.changes, changes...)
+			return err
+		})
+		if err != nil {
+			return r.changes, err
+		}
+	}
+	inv.Complete = true
+	if o.DryRun || sameInventory(prev, inv) {
+		return r.changes, nil
+	}
+	return r.changes, writeInventory(ctx, in.Client.Kube, inv)
+}
+
+// run is the state of one Install.
+type run struct {
+	in      *Installer
+	o       Options
+	changes ChangeSet
+	// In a dry run, namespaces and CRDs that the run would create: objects in
+	// them cannot be sent even as dry runs.
+	newNamespaces map[string]bool
+	newKinds      map[schema.GroupKind]bool
+}
+
+func (r *run) applyAll(ctx context.Context, objs []*unstructured.Unstructured) error {
+	for _, obj := range objs {
+		if r.o.DryRun && (r.newNamespaces[obj.GetNamespace()] || r.newKinds[obj.GroupVersionKind().GroupKind()]) {
+			r.changes = append(r.changes, Change{Object: object.Key(obj), Action: Created, Note: "its namespace or CRD does not exist yet"})
+			continue
+		}
+		a, err := r.in.apply(ctx, obj, r.o.DryRun, r.o.ForceConflicts)
+		if err != nil {
+			return err
+		}
+		r.changes = append(r.changes, Change{Object: object.Key(obj), Action: a})
+		if r.o.DryRun && a == Created {
+			r.noteNew(obj)
+		}
+	}
+	return nil
+}
+
+func (r *run) noteNew(obj *unstructured.Unstructured) {
+	switch obj.GetKind() {
+	case "Namespace":
+		r.newNamespaces[obj.GetName()] = true
+	case "CustomResourceDefinition":
+		group, _, _ := unstructured.NestedString(obj.Object, "spec", "group")
+		kind, _, _ := unstructured.NestedString(obj.Object, "spec", "names", "kind")
+		r.newKinds[schema.GroupKind{Group: group, Kind: kind}] = true
+	}
+}
+
+// ensureNamespaces creates the namespaces that objects live in but the
+// installation does not define (kubeflow, for kubeflow-gateway). kfistio does
+// not own them: uninstall leaves them.
+func (r *run) ensureNamespaces(ctx context.Context) error {
+	defined := map[string]bool{}
+	for _, obj := range r.o.Objects {
+		if obj.GetKind() == "Namespace" {
+			defined[obj.GetName()] = true
+		}
+	}
+	var needed []string
+	for _, obj := range r.o.Objects {
+		ns := obj.GetNamespace()
+		if ns != "" && !defined[ns] && !slices.Contains(needed, ns) {
+			needed = append(needed, ns)
+		}
+	}
+	slices.Sort(needed)
+	for _, ns := range needed {
+		_, err := r.in.Client.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+		if err == nil {
+			continue
+		}
+		if !apierrors.IsNotFound(err) {
+			return fmt.Errorf("get Namespace/%s: %w", ns, err)
+		}
+		opts := metav1.CreateOptions{FieldManager: FieldManager}
+		if r.o.DryRun {
+			opts.DryRun = []string{metav1.DryRunAll}
+			r.newNamespaces[ns] = true
+		}
+		_, err = r.in.Client.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, opts)
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create Namespace/%s: %w", ns, err)
+		}
+		r.changes = append(r.changes, Change{Object: object.KeyOf("Namespace", "", ns), Action: Created, Note: "needed by the installation; not removed by uninstall"})
+	}
+	return nil
+}
+
+// remove deletes refs in reverse install order: objects that still carry
+// ManagedLabel are deleted, namespaces are released (they may hold more than
+// Istio), CustomResourceDefinitions only with purge. Aggregated ClusterRoles
+// go first: once the roles they aggregate change, the API server's
+// aggregation controller applies their rules, and an apply recreates a
+// ClusterRole that was just deleted.
+func (in *Installer) remove(ctx context.Context, refs []Ref, action Action, purge, dryRun bool) (ChangeSet, error) {
+	var stubs []*unstructured.Unstructured
+	for _, r := range refs {
+		stubs = append(stubs, r.stub())
+	}
+	ordered := installOrder(stubs)
+	slices.Reverse(ordered)
+	var live []*unstructured.Unstructured
+	var changes ChangeSet
+	var errs []error
+	for _, stub := range ordered {
+		o, c, err := in.managed(ctx, stub)
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case c != nil:
+			changes = append(changes, *c)
+		case o != nil:
+			live = append(live, o)
+		}
+	}
+	slices.SortStableFunc(live, func(a, b *unstructured.Unstructured) int {
+		_, aggA := a.Object["aggregationRule"]
+		_, aggB := b.Object["aggregationRule"]
+		switch {
+		case aggA && !aggB:
+			return -1
+		case aggB && !aggA:
+			return 1
+		}
+		return 0
+	})
+	for _, o := range live {
+		c, err := in.removeOne(ctx, o, action, purge, dryRun)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		changes = append(changes, c)
+	}
+	return changes, errors.Join(errs...)
+}
+
+// managed returns the live object of stub if kfistio still manages it; a
+// change when it is there but no longer kfistio's; nothing when it is gone.
+func (in *Installer) managed(ctx context.Context, stub *unstructured.Unstructured) (*unstructured.Unstructured, *Change, error) {
+	key := object.Key(stub)
+	res, err := in.Client.Resource(stub)
+	if err != nil {
+		// The kind is gone (its CRD was deleted): so is the object.
+		return nil, nil, nil
+	}
+	live, err := res.Get(ctx, stub.GetName(), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("get %s: %w", key, err)
+	}
+	if live.GetLabels()[ManagedLabel] != "true" {
+		return nil, &Change{Object: key, Action: Unchanged, Note: "left alone: it no longer carries " + ManagedLabel}, nil
+	}
+	return live, nil, nil
+}
+
+// removeOne deletes, releases or keeps the live object o.
+func (in *Installer) removeOne(ctx context.Context, o *unstructured.Unstructured, action Action, purge, dryRun bool) (Change, error) {
+	key := object.Key(o)
+	res, err := in.Client.Resource(o)
+	if err != nil {
+		return Change{}, err
+	}
+	var opts []string
+	if dryRun {
+		opts = []string{metav1.DryRunAll}
+	}
+	switch {
+	case o.GetKind() == "Namespace" && !(purge && o.GetName() == istioNamespace):
+		// Applying the bare identity drops every field kfistio owned.
+		body := []byte(fmt.Sprintf(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":%q}}`, o.GetName()))
+		if _, err := res.Patch(ctx, o.GetName(), types.ApplyPatchType, body, metav1.PatchOptions{FieldManager: FieldManager, Force: ptr(true), DryRun: opts}); err != nil {
+			return Change{}, fmt.Errorf("release %s: %w", key, err)
+		}
+		return Change{Object: key, Action: Released, Note: "kfistio's labels removed; the namespace is kept"}, nil
+	case o.GetKind() == "CustomResourceDefinition" && !purge:
+		return Change{Object: key, Action: Unchanged, Note: "kept: only uninstall --purge deletes CRDs"}, nil
+	}
+	policy := metav1.DeletePropagationBackground
+	precond := metav1.Preconditions{UID: ptr(o.GetUID())}
+	if err := res.Delete(ctx, o.GetName(), metav1.DeleteOptions{PropagationPolicy: &policy, Preconditions: &precond, DryRun: opts}); err != nil && !apierrors.IsNotFound(err) {
+		return Change{}, fmt.Errorf("delete %s: %w", key, err)
+	}
+	return Change{Object: key, Action: action}, nil
+}
+
+const istioNamespace = "istio-system"

@@ -1,0 +1,165 @@
+package install
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kubeflow/kfistio/internal/object"
+)
+
+// The inventory is a ConfigMap that records what kfistio applied, so that a
+// later install can prune and uninstall can remove it. It lives in
+// kube-system, which exists on every cluster and outlives istio-system.
+const (
+	InventoryNamespace = "kube-system"
+	InventoryName      = "kfistio"
+)
+
+// ManagedLabel marks every object kfistio applies; prune and uninstall only
+// touch objects that carry it.
+const ManagedLabel = "kfistio.kubeflow.org/managed"
+
+// FieldManager is the server-side apply field manager of kfistio.
+const FieldManager = "kfistio"
+
+// Ref names an object in the inventory.
+type Ref struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Namespace  string `json:"namespace,omitempty"`
+	Name       string `json:"name"`
+}
+
+func refOf(o *unstructured.Unstructured) Ref {
+	return Ref{APIVersion: o.GetAPIVersion(), Kind: o.GetKind(), Namespace: o.GetNamespace(), Name: o.GetName()}
+}
+
+// Key is the Kind/namespace/name of the object.
+func (r Ref) Key() string { return object.KeyOf(r.Kind, r.Namespace, r.Name) }
+
+// GVK is the object's group, version and kind.
+func (r Ref) GVK() schema.GroupVersionKind { return schema.FromAPIVersionAndKind(r.APIVersion, r.Kind) }
+
+// stub is an unstructured object that carries only the identity of r.
+func (r Ref) stub() *unstructured.Unstructured {
+	u := &unstructured.Unstructured{}
+	u.SetAPIVersion(r.APIVersion)
+	u.SetKind(r.Kind)
+	u.SetNamespace(r.Namespace)
+	u.SetName(r.Name)
+	return u
+}
+
+// Inventory is what the inventory ConfigMap records.
+type Inventory struct {
+	// Overlay and the optional parts of the installation.
+	Overlay             string `json:"overlay"`
+	ClusterLocalGateway bool   `json:"clusterLocalGateway"`
+	M2MAuth             bool   `json:"m2mAuth"`
+	KubeflowResources   bool   `json:"kubeflowResources"`
+	// IstioRelease applied, and the kfistio version that applied it.
+	IstioRelease   string `json:"istioRelease"`
+	KfistioVersion string `json:"kfistioVersion"`
+	// Complete is false while an install is under way (or was interrupted).
+	Complete bool  `json:"complete"`
+	Objects  []Ref `json:"objects"`
+}
+
+// readInventory returns the inventory, or nil when there is none.
+func readInventory(ctx context.Context, kc kubernetes.Interface) (*Inventory, error) {
+	cm, err := kc.CoreV1().ConfigMaps(InventoryNamespace).Get(ctx, InventoryName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the inventory ConfigMap/%s/%s: %w", InventoryNamespace, InventoryName, err)
+	}
+	inv := &Inventory{}
+	if err := json.Unmarshal([]byte(cm.Data["inventory"]), inv); err != nil {
+		return nil, fmt.Errorf("ConfigMap/%s/%s is not a kfistio inventory: %w", InventoryNamespace, InventoryName, err)
+	}
+	return inv, nil
+}
+
+// sameInventory reports whether a and b record the same installation.
+func sameInventory(a, b *Inventory) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	ja, _ := json.Marshal(sortedInventory(a))
+	jb, _ := json.Marshal(sortedInventory(b))
+	return string(ja) == string(jb)
+}
+
+func sortedInventory(inv *Inventory) *Inventory {
+	c := *inv
+	c.Objects = append([]Ref{}, inv.Objects...)
+	sort.Slice(c.Objects, func(i, j int) bool { return c.Objects[i].Key() < c.Objects[j].Key() })
+	return &c
+}
+
+// writeInventory saves inv with server-side apply.
+func writeInventory(ctx context.Context, kc kubernetes.Interface, inv *Inventory) error {
+	b, err := json.MarshalIndent(sortedInventory(inv), "", "  ")
+	if err != nil {
+		return err
+	}
+	cm := &corev1.ConfigMap{
+		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
+		ObjectMeta: metav1.ObjectMeta{Name: InventoryName, Namespace: InventoryNamespace,
+			Labels: map[string]string{ManagedLabel: "true"}},
+		Data: map[string]string{"inventory": string(b)},
+	}
+	body, err := json.Marshal(cm)
+	if err != nil {
+		return err
+	}
+	opts := metav1.PatchOptions{FieldManager: FieldManager, Force: ptr(true)}
+	_, err = kc.CoreV1().ConfigMaps(InventoryNamespace).Patch(ctx, InventoryName, types.ApplyPatchType, body, opts)
+	if err != nil {
+		return fmt.Errorf("write the inventory ConfigMap/%s/%s: %w", InventoryNamespace, InventoryName, err)
+	}
+	return nil
+}
+
+func deleteInventory(ctx context.Context, kc kubernetes.Interface) error {
+	err := kc.CoreV1().ConfigMaps(InventoryNamespace).Delete(ctx, InventoryName, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete the inventory ConfigMap/%s/%s: %w", InventoryNamespace, InventoryName, err)
+	}
+	return nil
+}
+
+// union returns the refs of a and b, once each.
+func union(a, b []Ref) []Ref {
+	seen := map[Ref]bool{}
+	var out []Ref
+	for _, r := range append(append([]Ref{}, a...), b...) {
+		if !seen[r] {
+			seen[r] = true
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func describeRefs(refs []Ref) string {
+	var keys []string
+	for _, r := range refs {
+		keys = append(keys, r.Key())
+	}
+	return strings.Join(keys, ", ")
+}
+
+func ptr[T any](v T) *T { return &v }

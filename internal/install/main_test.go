@@ -1,0 +1,99 @@
+package install
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/kubeflow/kfistio/internal/build"
+	"github.com/kubeflow/kfistio/internal/kube"
+	"github.com/kubeflow/kfistio/internal/testcluster"
+)
+
+// cluster is the real control plane every test of this package shares; the
+// tests run one after another and each leaves the cluster as it found it.
+var cluster *testcluster.Cluster
+
+func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "kfistio-install-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cluster, err = testcluster.Start(ctx, dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cluster tests cannot run:", err)
+		return 1
+	}
+	defer func() { _ = cluster.Stop() }()
+	if err := cluster.AddNodes(ctx, testcluster.Node{Name: "node-a"}, testcluster.Node{Name: "node-b"}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	code := m.Run()
+	if code != 0 {
+		fmt.Fprintln(os.Stderr, cluster.Logs())
+	}
+	return code
+}
+
+// installer connects to the test cluster as kubeconfig's user, counting
+// requests.
+func installer(t *testing.T, kubeconfig string) (*Installer, *kube.RequestCounter) {
+	t.Helper()
+	counter := &kube.RequestCounter{}
+	c, err := kube.Connect(context.Background(), kube.Options{Kubeconfig: kubeconfig, WrapTransport: counter.Wrap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Installer{Client: c}, counter
+}
+
+func admin(t *testing.T) (*Installer, *kube.RequestCounter) {
+	return installer(t, cluster.Kubeconfig)
+}
+
+// objects builds the default installation of overlay from the embedded tree.
+func objects(t *testing.T, overlay string) (build.Installation, []*unstructured.Unstructured) {
+	t.Helper()
+	tree, err := build.Embedded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := build.DefaultInstallation(overlay)
+	res, err := tree.BuildInstallation(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := res.Objects()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in, objs
+}
+
+func options(t *testing.T, overlay string) Options {
+	in, objs := objects(t, overlay)
+	return Options{Installation: in, Objects: objs, Timeout: 2 * time.Minute, Version: "test"}
+}
+
+// purge removes everything an install left, so the next test starts clean.
+func purge(t *testing.T) {
+	t.Helper()
+	in, _ := admin(t)
+	_, err := in.Uninstall(context.Background(), UninstallOptions{Purge: true, Confirm: true, Timeout: 2 * time.Minute})
+	if err != nil && err != ErrNotInstalled {
+		t.Fatalf("purge: %v", err)
+	}
+}

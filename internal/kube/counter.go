@@ -1,0 +1,118 @@
+package kube
+
+import (
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+)
+
+// RequestCounter counts the API requests that go through it, by verb. Pass
+// its Wrap as Options.WrapTransport.
+type RequestCounter struct {
+	mu     sync.Mutex
+	counts map[string]int
+}
+
+// Wrap wraps rt so that every request is counted.
+func (c *RequestCounter) Wrap(rt http.RoundTripper) http.RoundTripper {
+	return roundTripper(func(r *http.Request) (*http.Response, error) {
+		c.mu.Lock()
+		if c.counts == nil {
+			c.counts = map[string]int{}
+		}
+		c.counts[verb(r)]++
+		c.mu.Unlock()
+		return rt.RoundTrip(r)
+	})
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// verb names a request as the API server's audit log would, and marks dry
+// runs: get, list, watch, create, patch, update, delete, and
+// "patch (dry run)".
+func verb(r *http.Request) string {
+	v := strings.ToLower(r.Method)
+	q := r.URL.Query()
+	switch r.Method {
+	case http.MethodGet:
+		v = "get"
+		if q.Get("watch") == "true" || q.Get("watch") == "1" {
+			v = "watch"
+		} else if isCollection(r.URL.Path) {
+			v = "list"
+		}
+	case http.MethodPost:
+		v = "create"
+	case http.MethodPut:
+		v = "update"
+	}
+	if q.Get("dryRun") == "All" {
+		v += " (dry run)"
+	}
+	return v
+}
+
+// isCollection tells a list (/api/v1/namespaces/x/pods) from a get
+// (/api/v1/namespaces/x/pods/y) by counting path segments.
+func isCollection(path string) bool {
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	var rest []string
+	switch {
+	case parts[0] == "api" && len(parts) >= 2: // /api/v1/...
+		rest = parts[2:]
+	case parts[0] == "apis" && len(parts) >= 3: // /apis/group/version/...
+		rest = parts[3:]
+	default:
+		return false
+	}
+	if len(rest) >= 2 && rest[0] == "namespaces" && len(rest) != 2 {
+		rest = rest[2:]
+	}
+	return len(rest) == 1
+}
+
+// Counts returns the requests counted so far, by verb.
+func (c *RequestCounter) Counts() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]int, len(c.counts))
+	for k, v := range c.counts {
+		out[k] = v
+	}
+	return out
+}
+
+// Writes returns how many requests changed something: creates, updates,
+// patches and deletes that were not dry runs.
+func (c *RequestCounter) Writes() int {
+	n := 0
+	for v, count := range c.Counts() {
+		if !strings.HasSuffix(v, "(dry run)") && (v == "create" || v == "update" || v == "patch" || v == "delete") {
+			n += count
+		}
+	}
+	return n
+}
+
+// String lists the counts, verbs sorted.
+func (c *RequestCounter) String() string {
+	counts := c.Counts()
+	verbs := make([]string, 0, len(counts))
+	for v := range counts {
+		verbs = append(verbs, v)
+	}
+	sort.Strings(verbs)
+	var b strings.Builder
+	for i, v := range verbs {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s: %d", v, counts[v])
+	}
+	return b.String()
+}

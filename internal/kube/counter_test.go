@@ -1,0 +1,46 @@
+package kube
+
+import (
+	"net/http"
+	"net/url"
+	"testing"
+)
+
+func TestVerb(t *testing.T) {
+	cases := map[string]string{
+		"GET /api/v1/namespaces/istio-system/pods":                           "list",
+		"GET /api/v1/namespaces/istio-system/pods/x":                         "get",
+		"GET /api/v1/namespaces":                                             "list",
+		"GET /api/v1/namespaces/istio-system":                                "get",
+		"GET /apis/apps/v1/namespaces/istio-system/deployments?watch=true":   "watch",
+		"GET /apis/apps/v1/namespaces/istio-system/deployments/istiod/scale": "get",
+		"GET /apis": "get",
+		"PATCH /apis/apps/v1/namespaces/istio-system/deployments/istiod?dryRun=All": "patch (dry run)",
+		"PATCH /apis/apps/v1/namespaces/istio-system/deployments/istiod":            "patch",
+		"POST /api/v1/namespaces":     "create",
+		"DELETE /api/v1/namespaces/x": "delete",
+	}
+	for in, want := range cases {
+		var method, rawURL string
+		for i := range in {
+			if in[i] == ' ' {
+				method, rawURL = in[:i], in[i+1:]
+				break
+			}
+		}
+		u, err := url.Parse("https://127.0.0.1" + rawURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := verb(&http.Request{Method: method, URL: u}); got != want {
+			t.Errorf("%s: got %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestWrites(t *testing.T) {
+	c := &RequestCounter{counts: map[string]int{"get": 5, "patch (dry run)": 3, "patch": 2, "create": 1, "list": 4}}
+	if c.Writes() != 3 {
+		t.Fatalf("Writes() = %d, want 3", c.Writes())
+	}
+}
