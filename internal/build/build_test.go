@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kubeflow/kfistio/internal/testutil"
 )
 
 const manifestsDir = "../../manifests"
@@ -131,32 +133,8 @@ func TestInstallationsBuildWithoutClashes(t *testing.T) {
 	}
 }
 
-// copyTree copies manifests/ into a temporary directory and returns it.
-func copyTree(t *testing.T) string {
-	t.Helper()
-	dst := filepath.Join(t.TempDir(), "manifests")
-	err := filepath.WalkDir(manifestsDir, func(p string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(manifestsDir, p)
-		if d.IsDir() {
-			return os.MkdirAll(filepath.Join(dst, rel), 0o755)
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(filepath.Join(dst, rel), b, 0o644)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dst
-}
-
 func TestClashingPartsFailTheInstallation(t *testing.T) {
-	dir := copyTree(t)
+	dir := testutil.CopyDir(t, manifestsDir)
 	// A second istio-system Namespace, as the ambient overlays of earlier
 	// hand-kept trees carried.
 	ns, err := os.ReadFile(filepath.Join(dir, NamespaceDir, "namespace.yaml"))
@@ -185,7 +163,7 @@ func TestClashingPartsFailTheInstallation(t *testing.T) {
 }
 
 func TestBrokenKustomizationNamesThePath(t *testing.T) {
-	dir := copyTree(t)
+	dir := testutil.CopyDir(t, manifestsDir)
 	if err := os.WriteFile(filepath.Join(dir, ClusterLocalGateway, "gateway.yaml"), []byte("kind: [unclosed\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}

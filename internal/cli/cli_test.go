@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kubeflow/kfistio/internal/testutil"
 	"github.com/kubeflow/kfistio/internal/upstream"
 )
 
@@ -100,35 +101,6 @@ func TestBuildBrokenKustomization(t *testing.T) {
 	}
 }
 
-// copyRepo copies upstream/ and manifests/ of the repository into a
-// temporary directory.
-func copyRepo(t *testing.T) string {
-	t.Helper()
-	root := t.TempDir()
-	for _, d := range []string{"upstream", "manifests"} {
-		src := filepath.Join("../..", d)
-		err := filepath.WalkDir(src, func(p string, e os.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			rel, _ := filepath.Rel(src, p)
-			target := filepath.Join(root, d, rel)
-			if e.IsDir() {
-				return os.MkdirAll(target, 0o755)
-			}
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			return os.WriteFile(target, b, 0o644)
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	return root
-}
-
 func TestSyncCheck(t *testing.T) {
 	dir := copyRepo(t)
 	code, out, errOut := run(t, "sync", "--check", "--dir", dir)
@@ -192,4 +164,17 @@ func TestVerify(t *testing.T) {
 	if code, _, errOut := run(t, "verify", "-o", "yaml"); code != 1 || !strings.Contains(errOut, "unknown output format") {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
+}
+
+// copyRepo copies upstream/ and manifests/ of the repository into one
+// temporary directory and returns it.
+func copyRepo(t *testing.T) string {
+	t.Helper()
+	root := t.TempDir()
+	for _, d := range []string{"upstream", "manifests"} {
+		if err := os.Rename(testutil.CopyDir(t, filepath.Join("../..", d)), filepath.Join(root, d)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root
 }

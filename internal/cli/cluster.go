@@ -34,6 +34,23 @@ func (f *clusterFlags) connect(ctx context.Context, warnings io.Writer) (*kube.C
 	return kube.Connect(ctx, kube.Options{Kubeconfig: f.kubeconfig, Context: f.context, Warnings: warnings})
 }
 
+// runE is the RunE of a command that works on a cluster: it checks the
+// output format (when the command has one), connects, and calls fn.
+func (f *clusterFlags) runE(s Streams, output *string, fn func(context.Context, *kube.Client) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		if output != nil {
+			if err := checkFormat(*output); err != nil {
+				return err
+			}
+		}
+		c, err := f.connect(cmd.Context(), s.Err)
+		if err != nil {
+			return err
+		}
+		return fn(cmd.Context(), c)
+	}
+}
+
 // installationFlags choose what an install applies.
 type installationFlags struct {
 	overlay             string

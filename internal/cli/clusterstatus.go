@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -8,6 +9,7 @@ import (
 
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/install"
+	"github.com/kubeflow/kfistio/internal/kube"
 )
 
 func newStatusCommand(s Streams) *cobra.Command {
@@ -25,15 +27,7 @@ pods when it is not ready), and whether the cluster drifted from the tree.`,
 		Example: `  kfistio status
   kfistio status -o json`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkFormat(output); err != nil {
-				return err
-			}
-			ctx := cmd.Context()
-			c, err := cluster.connect(ctx, s.Err)
-			if err != nil {
-				return err
-			}
+		RunE: cluster.runE(s, &output, func(ctx context.Context, c *kube.Client) error {
 			in := &install.Installer{Client: c}
 			inv, err := in.ReadInventory(ctx)
 			if err != nil {
@@ -80,7 +74,7 @@ pods when it is not ready), and whether the cluster drifted from the tree.`,
 				}
 				return nil
 			})
-		},
+		}),
 	}
 	cluster.add(cmd)
 	addManifestsFlag(cmd, &manifests)
@@ -105,15 +99,7 @@ be deleted with them and needs --yes to delete any.`,
 		Example: `  kfistio uninstall
   kfistio uninstall --purge --yes`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkFormat(output); err != nil {
-				return err
-			}
-			ctx := cmd.Context()
-			c, err := cluster.connect(ctx, s.Err)
-			if err != nil {
-				return err
-			}
+		RunE: cluster.runE(s, &output, func(ctx context.Context, c *kube.Client) error {
 			opts.Timeout = cluster.timeout
 			in := &install.Installer{Client: c, Progress: progressFunc(s.Err)}
 			cs, err := in.Uninstall(ctx, opts)
@@ -125,7 +111,7 @@ be deleted with them and needs --yes to delete any.`,
 				err = werr
 			}
 			return err
-		},
+		}),
 	}
 	cluster.add(cmd)
 	cmd.Flags().BoolVar(&opts.Purge, "purge", false, "also delete the Istio CRDs, their custom resources, and the istio-system namespace")

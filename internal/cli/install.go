@@ -1,11 +1,13 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/spf13/cobra"
 
 	"github.com/kubeflow/kfistio/internal/install"
+	"github.com/kubeflow/kfistio/internal/kube"
 )
 
 func newInstallCommand(s Streams) *cobra.Command {
@@ -47,15 +49,7 @@ unchanged, pruned per object) to standard output.`,
   # Only the control plane, on another cluster
   kfistio install --context prod --cluster-local-gateway none --kubeflow-resources=false`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkFormat(output); err != nil {
-				return err
-			}
-			ctx := cmd.Context()
-			c, err := cluster.connect(ctx, s.Err)
-			if err != nil {
-				return err
-			}
+		RunE: cluster.runE(s, &output, func(ctx context.Context, c *kube.Client) error {
 			inst, objs, err := what.resolve(ctx, c, s.Err)
 			if err != nil {
 				return err
@@ -75,7 +69,7 @@ unchanged, pruned per object) to standard output.`,
 			fmt.Fprintf(s.Err, "%d created, %d configured, %d unchanged, %d pruned\n",
 				cs.Count(install.Created), cs.Count(install.Configured), cs.Count(install.Unchanged), cs.Count(install.Pruned))
 			return nil
-		},
+		}),
 	}
 	cluster.add(cmd)
 	what.add(cmd)
@@ -102,12 +96,7 @@ Exit status: 0 when nothing would change, 1 when something would.`,
 		Example: `  kfistio diff
   kfistio diff --overlay insecure`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			c, err := cluster.connect(ctx, s.Err)
-			if err != nil {
-				return err
-			}
+		RunE: cluster.runE(s, nil, func(ctx context.Context, c *kube.Client) error {
 			_, objs, err := what.resolve(ctx, c, s.Err)
 			if err != nil {
 				return err
@@ -124,7 +113,7 @@ Exit status: 0 when nothing would change, 1 when something would.`,
 			}
 			fmt.Fprintln(s.Err, "No differences.")
 			return nil
-		},
+		}),
 	}
 	cluster.add(cmd)
 	what.add(cmd)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/testutil"
 	"github.com/kubeflow/kfistio/internal/upstream"
 )
 
@@ -174,34 +175,9 @@ func TestGoModPinsTheRelease(t *testing.T) {
 	t.Fatalf("go.mod does not require %s", upstream.ModulePath)
 }
 
-// copyManifests copies manifests/ into a temporary directory.
-func copyManifests(t *testing.T) string {
-	t.Helper()
-	dst := filepath.Join(t.TempDir(), "manifests")
-	src := filepath.Join(repoRoot, "manifests")
-	err := filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		if d.IsDir() {
-			return os.MkdirAll(filepath.Join(dst, rel), 0o755)
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(filepath.Join(dst, rel), b, 0o644)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dst
-}
-
 func TestCompareFindsDriftAndWriteRepairsIt(t *testing.T) {
 	g := generated(t)
-	dir := copyManifests(t)
+	dir := testutil.CopyDir(t, filepath.Join(repoRoot, "manifests"))
 	// A hand edit inside a generated file, a deleted generated file, and a
 	// generated file that sync no longer produces.
 	install := filepath.Join(dir, filepath.FromSlash(InstallFile))
@@ -266,7 +242,7 @@ func hasLine(d, sign, text string) bool {
 }
 
 func TestHandWrittenFilesAreLeftAlone(t *testing.T) {
-	dir := copyManifests(t)
+	dir := testutil.CopyDir(t, filepath.Join(repoRoot, "manifests"))
 	mine := filepath.Join(dir, "istio-install", "base", "patches", "mine.yaml")
 	if err := os.WriteFile(mine, []byte("# my patch\n"), 0o644); err != nil {
 		t.Fatal(err)

@@ -108,8 +108,9 @@ func expectValue(p *problems, cm *unstructured.Unstructured, key string, m map[s
 	}
 }
 
-// forInjections runs fn on every injected sample, recording injection errors.
-func (t *target) forInjections(p *problems, fn func(key string, spec *corev1.PodSpec)) {
+// forInjections runs fn on every injected sample, recording injection
+// errors; key names the sample in problems.
+func (t *target) forInjections(p *problems, fn func(key string, r injection)) {
 	results, err := t.injections()
 	if err != nil {
 		p.because("", "injection", err.Error())
@@ -121,8 +122,17 @@ func (t *target) forInjections(p *problems, fn func(key string, spec *corev1.Pod
 			p.because(key, "", r.err.Error())
 			continue
 		}
-		fn(key, &r.pod.Spec)
+		fn(key, r)
 	}
+}
+
+// proxyContainer returns the sidecar of an injected pod, native or not.
+func proxyContainer(spec *corev1.PodSpec) *corev1.Container {
+	if c := container(spec, inject.ProxyContainer); c != nil {
+		return c
+	}
+	c, _ := initContainer(spec, inject.ProxyContainer)
+	return c
 }
 
 func checkCNI(t *target) []Problem {
@@ -131,7 +141,8 @@ func checkCNI(t *target) []Problem {
 	if v, cm := t.injectorValues(&p); v != nil {
 		expectValue(&p, cm, "values", v, "pilot.cni.enabled", true)
 	}
-	t.forInjections(&p, func(key string, spec *corev1.PodSpec) {
+	t.forInjections(&p, func(key string, r injection) {
+		spec := &r.pod.Spec
 		if c, _ := initContainer(spec, inject.ValidationContainer); c == nil {
 			p.because(key, "initContainers", "no "+inject.ValidationContainer)
 		}
@@ -147,7 +158,8 @@ func checkNativeSidecars(t *target) []Problem {
 	if d := t.require(&p, "Deployment", ns, istiod); d != nil {
 		expectEnv(&p, d, discovery, inject.NativeSidecarsEnv, "true")
 	}
-	t.forInjections(&p, func(key string, spec *corev1.PodSpec) {
+	t.forInjections(&p, func(key string, r injection) {
+		spec := &r.pod.Spec
 		proxy, at := initContainer(spec, inject.ProxyContainer)
 		if proxy == nil {
 			p.because(key, "initContainers", inject.ProxyContainer+" is not a native sidecar (not among the init containers)")
@@ -417,11 +429,9 @@ func checkSeccomp(t *target) []Problem {
 		if v, cm := t.injectorValues(&p); v != nil {
 			expectValue(&p, cm, "values", v, "global.proxy.seccompProfile.type", runtimeDefault)
 		}
-		t.forInjections(&p, func(key string, spec *corev1.PodSpec) {
-			c := container(spec, inject.ProxyContainer)
-			if c == nil {
-				c, _ = initContainer(spec, inject.ProxyContainer)
-			}
+		t.forInjections(&p, func(key string, r injection) {
+			spec := &r.pod.Spec
+			c := proxyContainer(spec)
 			if c == nil {
 				p.because(key, "", "no "+inject.ProxyContainer)
 				return
@@ -568,7 +578,8 @@ func checkInsecure(t *target) []Problem {
 			}
 		}
 	}
-	t.forInjections(&p, func(key string, spec *corev1.PodSpec) {
+	t.forInjections(&p, func(key string, r injection) {
+		spec := &r.pod.Spec
 		c, _ := initContainer(spec, inject.InitContainer)
 		if c == nil {
 			p.because(key, "initContainers", "no "+inject.InitContainer)

@@ -71,25 +71,11 @@ func checkInjection(t *target) []Problem {
 			}
 		}
 	}
-	results, err := t.injections()
-	if err != nil {
-		p.because("", "injection", err.Error())
-		return p
-	}
-	for _, r := range results {
-		key := "injected " + object.Key(r.sample)
-		if r.err != nil {
-			p.because(key, "", r.err.Error())
-			continue
-		}
-		spec := &r.pod.Spec
-		proxy := container(spec, inject.ProxyContainer)
-		if proxy == nil {
-			proxy, _ = initContainer(spec, inject.ProxyContainer)
-		}
+	t.forInjections(&p, func(key string, r injection) {
+		proxy := proxyContainer(&r.pod.Spec)
 		if proxy == nil {
 			p.because(key, "", "the injector added no "+inject.ProxyContainer)
-			continue
+			return
 		}
 		if hub, tag := splitImage(proxy.Image); tag != controlPlane || hub != istioReleaseHub {
 			p.wrong(key, inject.ProxyContainer+".image", proxy.Image, fmt.Sprintf("%s/proxyv2:%s, the control plane's release", istioReleaseHub, controlPlane))
@@ -97,7 +83,7 @@ func checkInjection(t *target) []Problem {
 		need, err := podsecurity.Strictest(r.pod)
 		if err != nil {
 			p.because(key, "", err.Error())
-			continue
+			return
 		}
 		if t.overlay.CNI && need != api.LevelRestricted {
 			_, reason, _ := podsecurity.Evaluate(api.LevelRestricted, r.pod)
@@ -111,6 +97,6 @@ func checkInjection(t *target) []Problem {
 		case !labelled && !t.overlay.CNI:
 			p.because(key, "", fmt.Sprintf("needs the %s level but the %s overlay does not label namespace %s", need, t.overlay.Name, nsName))
 		}
-	}
+	})
 	return p
 }

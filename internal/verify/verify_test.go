@@ -16,6 +16,7 @@ import (
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/object"
 	"github.com/kubeflow/kfistio/internal/schema"
+	"github.com/kubeflow/kfistio/internal/testutil"
 )
 
 var (
@@ -379,31 +380,6 @@ func TestEachCheckFailsOnABrokenBuild(t *testing.T) {
 	}
 }
 
-// copyTree copies the repository's manifests/ into a temporary directory.
-func copyTree(t *testing.T) string {
-	t.Helper()
-	src := "../../manifests"
-	dst := filepath.Join(t.TempDir(), "manifests")
-	err := filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		if d.IsDir() {
-			return os.MkdirAll(filepath.Join(dst, rel), 0o755)
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(filepath.Join(dst, rel), b, 0o644)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dst
-}
-
 // Removing any one Kubeflow change from a copy of the tree makes verify fail
 // with the fact that change keeps.
 func TestRemovingAKubeflowChangeFailsItsFact(t *testing.T) {
@@ -430,7 +406,7 @@ func TestRemovingAKubeflowChangeFailsItsFact(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.want+" "+c.file+" "+strings.TrimSpace(c.line), func(t *testing.T) {
-			dir := copyTree(t)
+			dir := testutil.CopyDir(t, "../../manifests")
 			p := filepath.Join(dir, filepath.FromSlash(c.file))
 			b, err := os.ReadFile(p)
 			if err != nil {
