@@ -60,7 +60,8 @@ func NewRootCommand(s Streams) *cobra.Command {
 		Long: `kfistio owns the Kubeflow Istio tree end to end: it generates the tree from
 the pinned upstream Istio release (sync), builds it (build), proves what it
 promises (verify), installs it on a cluster in stages and waits for it
-(install), and shows and removes what it installed (diff, status, uninstall).
+(install), shows and removes what it installed (diff, status, uninstall), and
+finds why workloads misbehave under the mesh (doctor).
 
 The tree is embedded in the binary; every command that reads it can read a
 tree on disk instead with --manifests.`,
@@ -78,6 +79,7 @@ tree on disk instead with --manifests.`,
 		newDiffCommand(s),
 		newStatusCommand(s),
 		newUninstallCommand(s),
+		newDoctorCommand(s),
 		newVersionCommand(s),
 	)
 	return root

@@ -44,7 +44,8 @@ func NamespaceLevel(labels map[string]string) (api.Level, error) {
 }
 
 // Evaluate judges the pod tpl at level (latest version of the standards) and
-// returns the evaluator's reasons when it is not allowed.
+// returns the evaluator's reasons, with the offending containers and fields,
+// when it is not allowed.
 func Evaluate(level api.Level, tpl *corev1.PodTemplateSpec) (allowed bool, reason string, err error) {
 	ev, err := get()
 	if err != nil {
@@ -55,7 +56,7 @@ func Evaluate(level api.Level, tpl *corev1.PodTemplateSpec) (allowed bool, reaso
 	if agg.Allowed {
 		return true, "", nil
 	}
-	return false, agg.ForbiddenReason() + ": " + agg.ForbiddenDetail(), nil
+	return false, agg.ForbiddenDetail(), nil
 }
 
 // Strictest returns the strictest level that tpl passes.

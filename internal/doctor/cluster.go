@@ -1,0 +1,503 @@
+package doctor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/version"
+	"k8s.io/pod-security-admission/api"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kubeflow/kfistio/internal/inject"
+	"github.com/kubeflow/kfistio/internal/install"
+	"github.com/kubeflow/kfistio/internal/kube"
+	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/podsecurity"
+)
+
+// Finding ids of cluster checks.
+const (
+	NoControlPlane       = "KF100" // istiod is not there
+	CNINotReady          = "KF101" // the CNI node agent is not ready on a node
+	GKEOverlay           = "KF102" // GKE with a CNI binary directory GKE mounts read-only
+	NativeSidecars       = "KF103" // the Kubernetes version and native sidecars
+	WebhookCABundle      = "KF104" // a webhook of istiod without a CA bundle
+	NamespacePodSecurity = "KF105" // a namespace's level does not fit the overlay
+	OutdatedProxy        = "KF106" // a pod runs a proxy of another release than istiod
+	StuckInit            = "KF107" // a pod is stuck in istio-validation or istio-init
+)
+
+const (
+	istioNamespace = "istio-system"
+	cniNamespace   = "kube-system"
+	cniDaemonSet   = "istio-cni-node"
+	gkeBinDir      = "/home/kubernetes/bin"
+	injectionLabel = "istio-injection"
+	revisionLabel  = "istio.io/rev"
+)
+
+// CheckCluster checks a live cluster, then the workloads that run in its
+// injected namespaces.
+func CheckCluster(ctx context.Context, c *kube.Client) (*Report, error) {
+	r := &Report{}
+	istiod, err := c.Kube.AppsV1().Deployments(istioNamespace).Get(ctx, inject.IstiodDeployment, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		r.Findings = append(r.Findings, Finding{ID: NoControlPlane, Severity: Error, Object: object.KeyOf("Deployment", istioNamespace, inject.IstiodDeployment),
+			Source: "cluster", Reason: "istiod is not installed, so nothing is injected or configured", Fix: "run kfistio install"})
+		r.Checked = 1
+		return r, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get Deployment/%s/%s: %w", istioNamespace, inject.IstiodDeployment, err)
+	}
+	cl := &clusterCheck{c: c, r: r}
+	if err := cl.load(ctx, istiod); err != nil {
+		return nil, err
+	}
+	for _, check := range []func(context.Context) error{
+		cl.cniReady, cl.gkeOverlay, cl.nativeSidecars, cl.webhookCABundles, cl.namespaceLevels, cl.pods, cl.workloads,
+	} {
+		if err := check(ctx); err != nil {
+			return nil, err
+		}
+		r.Checked++
+	}
+	r.sort()
+	return r, nil
+}
+
+type clusterCheck struct {
+	c *kube.Client
+	r *Report
+	// What is installed: the injector, whether it uses CNI, the release of
+	// istiod, and the overlay kfistio recorded (empty when not kfistio's).
+	injector     *inject.Injector
+	cni          bool
+	release      string
+	overlay      string
+	restricted   string
+	istiodLabels map[string]string
+}
+
+func (cl *clusterCheck) add(id string, sev Severity, key, reason, fix string) {
+	cl.r.Findings = append(cl.r.Findings, Finding{ID: id, Severity: sev, Object: key, Source: "cluster", Reason: reason, Fix: fix})
+}
+
+// load reads the installation: the injector's ConfigMaps, istiod, the
+// kfistio inventory, and the mesh-wide egress policy.
+func (cl *clusterCheck) load(ctx context.Context, istiod *appsv1.Deployment) error {
+	var objs []*unstructured.Unstructured
+	for _, name := range []string{inject.InjectorConfigMap, inject.MeshConfigMap} {
+		cm, err := cl.c.Kube.CoreV1().ConfigMaps(istioNamespace).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("get ConfigMap/%s/%s: %w", istioNamespace, name, err)
+		}
+		objs = append(objs, typed(cm, "v1", "ConfigMap"))
+	}
+	objs = append(objs, typed(istiod, "apps/v1", "Deployment"))
+	in, err := inject.New(objs)
+	if err != nil {
+		return err
+	}
+	cl.injector = in
+	spec, _ := object.PodSpec(objs[2])
+	if spec != nil && len(spec.Containers) > 0 {
+		_, cl.release = splitTag(spec.Containers[0].Image)
+	}
+	cl.cni = injectorUsesCNI(objs[0])
+	if inv, err := (&install.Installer{Client: cl.c}).ReadInventory(ctx); err == nil {
+		cl.overlay = inv.Overlay
+	} else if !errors.Is(err, install.ErrNotInstalled) {
+		return err
+	}
+	sidecars, err := cl.c.Dynamic.Resource(sidecarResource).Namespace(istioNamespace).List(ctx, metav1.ListOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("list Sidecars in %s: %w", istioNamespace, err)
+	}
+	if sidecars != nil {
+		for i := range sidecars.Items {
+			objs = append(objs, &sidecars.Items[i])
+		}
+	}
+	cl.restricted = EgressRestriction(objs)
+	return nil
+}
+
+func typed(o runtime.Object, apiVersion, kind string) *unstructured.Unstructured {
+	m, _ := runtime.DefaultUnstructuredConverter.ToUnstructured(o)
+	u := &unstructured.Unstructured{Object: m}
+	u.SetAPIVersion(apiVersion)
+	u.SetKind(kind)
+	return u
+}
+
+func splitTag(image string) (string, string) {
+	i := strings.LastIndex(image, ":")
+	if i < 0 || strings.Contains(image[i:], "/") {
+		return image, ""
+	}
+	return image[:i], image[i+1:]
+}
+
+var sidecarResource = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "sidecars"}
+
+// injectorUsesCNI reads pilot.cni.enabled of the injector ConfigMap's values.
+func injectorUsesCNI(cm *unstructured.Unstructured) bool {
+	s, _, _ := unstructured.NestedString(cm.Object, "data", "values")
+	var v struct {
+		Pilot struct {
+			CNI struct{ Enabled bool } `json:"cni"`
+		} `json:"pilot"`
+	}
+	return json.Unmarshal([]byte(s), &v) == nil && v.Pilot.CNI.Enabled
+}
+
+// EgressRestriction says why the mesh blocks egress to hosts it does not
+// know, or "": the mesh config of objs (ConfigMap istio-system/istio) with
+// outboundTrafficPolicy REGISTRY_ONLY, or a Sidecar in istio-system (the
+// mesh-wide default) that limits egress.
+func EgressRestriction(objs []*unstructured.Unstructured) string {
+	for _, o := range objs {
+		switch {
+		case o.GetKind() == "ConfigMap" && o.GetNamespace() == istioNamespace && o.GetName() == inject.MeshConfigMap:
+			meshYAML, _, _ := unstructured.NestedString(o.Object, "data", "mesh")
+			var mesh struct {
+				OutboundTrafficPolicy struct{ Mode string } `json:"outboundTrafficPolicy"`
+			}
+			if yaml.Unmarshal([]byte(meshYAML), &mesh) == nil && mesh.OutboundTrafficPolicy.Mode == "REGISTRY_ONLY" {
+				return "the mesh config sets outboundTrafficPolicy REGISTRY_ONLY"
+			}
+		case o.GetKind() == "Sidecar" && o.GetNamespace() == istioNamespace:
+			if why := sidecarRestriction(o); why != "" {
+				return why
+			}
+		}
+	}
+	return ""
+}
+
+// sidecarRestriction says how a mesh-wide Sidecar limits egress, or "".
+func sidecarRestriction(s *unstructured.Unstructured) string {
+	if mode, _, _ := unstructured.NestedString(s.Object, "spec", "outboundTrafficPolicy", "mode"); mode == "REGISTRY_ONLY" {
+		return "the mesh-wide " + object.Key(s) + " sets outboundTrafficPolicy REGISTRY_ONLY"
+	}
+	egress, _, _ := unstructured.NestedSlice(s.Object, "spec", "egress")
+	for _, e := range egress {
+		hosts, _, _ := unstructured.NestedStringSlice(e.(map[string]any), "hosts")
+		if slices.Contains(hosts, "*/*") {
+			return ""
+		}
+	}
+	if len(egress) > 0 {
+		return "the mesh-wide " + object.Key(s) + " limits egress to the hosts it lists"
+	}
+	return ""
+}
+
+// cniReady checks that the CNI node agent is ready on every node that can run
+// pods: without it, pods on that node fail in istio-validation.
+func (cl *clusterCheck) cniReady(ctx context.Context) error {
+	if !cl.cni {
+		return nil
+	}
+	dsKey := object.KeyOf("DaemonSet", cniNamespace, cniDaemonSet)
+	ds, err := cl.c.Kube.AppsV1().DaemonSets(cniNamespace).Get(ctx, cniDaemonSet, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		cl.add(CNINotReady, Error, dsKey, "the injector expects Istio CNI, but the CNI node agent is not installed: injected pods fail in istio-validation",
+			"install an overlay with CNI (kfistio install), or the insecure overlay on clusters without CNI support")
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("get %s: %w", dsKey, err)
+	}
+	nodes, err := cl.c.Kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list nodes: %w", err)
+	}
+	sel := labels.SelectorFromSet(ds.Spec.Selector.MatchLabels)
+	pods, err := cl.c.Kube.CoreV1().Pods(cniNamespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	if err != nil {
+		return fmt.Errorf("list the pods of %s: %w", dsKey, err)
+	}
+	for _, n := range nodes.Items {
+		if n.Spec.Unschedulable {
+			continue
+		}
+		var pod *corev1.Pod
+		for i := range pods.Items {
+			if pods.Items[i].Spec.NodeName == n.Name {
+				pod = &pods.Items[i]
+			}
+		}
+		switch {
+		case pod == nil:
+			cl.add(CNINotReady, Error, dsKey, fmt.Sprintf("no istio-cni-node pod on node %s: injected pods there fail in istio-validation", n.Name),
+				"check the DaemonSet's events and the node's taints (kubectl describe daemonset -n kube-system istio-cni-node)")
+		case !podReady(pod):
+			cl.add(CNINotReady, Error, dsKey, fmt.Sprintf("istio-cni-node is not ready on node %s (pod %s: %s): injected pods there fail in istio-validation",
+				n.Name, pod.Name, podState(pod)), "fix the node or the pod (kubectl describe pod -n kube-system "+pod.Name+")")
+		}
+	}
+	return nil
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func podState(p *corev1.Pod) string {
+	for _, cs := range append(append([]corev1.ContainerStatus{}, p.Status.InitContainerStatuses...), p.Status.ContainerStatuses...) {
+		if w := cs.State.Waiting; w != nil && w.Reason != "" {
+			return cs.Name + " " + w.Reason
+		}
+	}
+	return string(p.Status.Phase)
+}
+
+// gkeOverlay checks that a GKE cluster runs the CNI agent with GKE's writable
+// binary directory.
+func (cl *clusterCheck) gkeOverlay(ctx context.Context) error {
+	if !cl.cni {
+		return nil
+	}
+	p, err := install.DetectPlatform(ctx, cl.c)
+	if err != nil || !p.GKE {
+		return err
+	}
+	ds, err := cl.c.Kube.AppsV1().DaemonSets(cniNamespace).Get(ctx, cniDaemonSet, metav1.GetOptions{})
+	if err != nil {
+		return nil // reported by cniReady
+	}
+	for _, v := range ds.Spec.Template.Spec.Volumes {
+		if v.Name == "cni-bin-dir" && v.HostPath != nil && v.HostPath.Path != gkeBinDir {
+			installed := "the installed overlay"
+			if cl.overlay != "" {
+				installed = "the " + cl.overlay + " overlay"
+			}
+			cl.add(GKEOverlay, Error, object.KeyOf("DaemonSet", cniNamespace, cniDaemonSet),
+				fmt.Sprintf("this is GKE (%s), but %s writes the CNI plugin to %s, which GKE mounts read-only", p.Reason, installed, v.HostPath.Path),
+				"kfistio install --overlay gke")
+		}
+	}
+	return nil
+}
+
+// nativeSidecars checks that the Kubernetes version runs istio-proxy as a
+// native sidecar: sidecar containers are beta and on by default from 1.29,
+// alpha behind the SidecarContainers gate in 1.28, absent before.
+func (cl *clusterCheck) nativeSidecars(context.Context) error {
+	f := nativeSidecarFinding(cl.c.Version, cl.injector.NativeSidecars)
+	if f != nil {
+		cl.r.Findings = append(cl.r.Findings, *f)
+	}
+	return nil
+}
+
+func nativeSidecarFinding(serverVersion, setting string) *Finding {
+	if setting != "true" {
+		return nil
+	}
+	v, err := version.ParseGeneric(serverVersion)
+	if err != nil {
+		return nil
+	}
+	key := object.KeyOf("Deployment", istioNamespace, inject.IstiodDeployment)
+	switch {
+	case v.LessThan(version.MajorMinor(1, 28)):
+		return &Finding{ID: NativeSidecars, Severity: Error, Object: key, Source: "cluster",
+			Reason: fmt.Sprintf("istiod injects native sidecars (ENABLE_NATIVE_SIDECARS=true) but Kubernetes %s has no sidecar containers: injected pods are rejected or never start", serverVersion),
+			Fix:    "upgrade Kubernetes to 1.29 or later"}
+	case v.LessThan(version.MajorMinor(1, 29)):
+		return &Finding{ID: NativeSidecars, Severity: Warning, Object: key, Source: "cluster",
+			Reason: fmt.Sprintf("Kubernetes %s has sidecar containers only with the SidecarContainers feature gate (alpha)", serverVersion),
+			Fix:    "enable the SidecarContainers feature gate, or upgrade Kubernetes to 1.29 or later"}
+	}
+	return nil
+}
+
+// webhookCABundles checks that istiod filled the CA bundle of its webhooks;
+// without it the API server cannot call them.
+func (cl *clusterCheck) webhookCABundles(ctx context.Context) error {
+	// The injector's configuration is labelled app=sidecar-injector, the
+	// validator's app=istiod.
+	sel := metav1.ListOptions{LabelSelector: "app in (istiod,sidecar-injector)"}
+	mw, err := cl.c.Kube.AdmissionregistrationV1().MutatingWebhookConfigurations().List(ctx, sel)
+	if err != nil {
+		return fmt.Errorf("list MutatingWebhookConfigurations: %w", err)
+	}
+	vw, err := cl.c.Kube.AdmissionregistrationV1().ValidatingWebhookConfigurations().List(ctx, sel)
+	if err != nil {
+		return fmt.Errorf("list ValidatingWebhookConfigurations: %w", err)
+	}
+	report := func(kind, name string, empty []string) {
+		if len(empty) > 0 {
+			cl.add(WebhookCABundle, Error, object.KeyOf(kind, "", name),
+				fmt.Sprintf("webhooks %s have no caBundle: istiod writes it when it starts, so istiod is not running or cannot update the webhook", strings.Join(empty, ", ")),
+				"check istiod's logs and readiness (kubectl logs -n istio-system deploy/istiod)")
+		}
+	}
+	for _, w := range mw.Items {
+		var empty []string
+		for _, h := range w.Webhooks {
+			if len(h.ClientConfig.CABundle) == 0 {
+				empty = append(empty, h.Name)
+			}
+		}
+		report("MutatingWebhookConfiguration", w.Name, empty)
+	}
+	for _, w := range vw.Items {
+		var empty []string
+		for _, h := range w.Webhooks {
+			if len(h.ClientConfig.CABundle) == 0 {
+				empty = append(empty, h.Name)
+			}
+		}
+		report("ValidatingWebhookConfiguration", w.Name, empty)
+	}
+	return nil
+}
+
+// injectedNamespaces returns the namespaces whose pods istiod injects.
+func (cl *clusterCheck) injectedNamespaces(ctx context.Context) ([]corev1.Namespace, error) {
+	list, err := cl.c.Kube.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list namespaces: %w", err)
+	}
+	var out []corev1.Namespace
+	for _, n := range list.Items {
+		if n.Labels[injectionLabel] == "enabled" || (n.Labels[revisionLabel] != "" && n.Labels[injectionLabel] != "disabled") {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+// namespaceLevels checks that injected namespaces allow what injection adds:
+// without CNI, istio-init needs NET_ADMIN and NET_RAW, which only the
+// privileged level allows.
+func (cl *clusterCheck) namespaceLevels(ctx context.Context) error {
+	if cl.cni {
+		return nil
+	}
+	nss, err := cl.injectedNamespaces(ctx)
+	if err != nil {
+		return err
+	}
+	for _, n := range nss {
+		level, err := podsecurity.NamespaceLevel(n.Labels)
+		if err == nil && level != api.LevelPrivileged {
+			cl.add(NamespacePodSecurity, Error, object.KeyOf("Namespace", "", n.Name),
+				fmt.Sprintf("pods here are injected with istio-init (no Istio CNI), which needs NET_ADMIN and NET_RAW, but the namespace enforces the %s level: their pods are rejected", level),
+				fmt.Sprintf("kubectl label namespace %s %s=privileged --overwrite, or install an overlay with Istio CNI", n.Name, podsecurity.EnforceLabel))
+		}
+	}
+	return nil
+}
+
+// pods checks running pods: proxies of another release than istiod, and pods
+// stuck in Istio's init containers.
+func (cl *clusterCheck) pods(ctx context.Context) error {
+	pods, err := cl.c.Kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list pods: %w", err)
+	}
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		key := object.KeyOf("Pod", p.Namespace, p.Name)
+		for _, c := range append(append([]corev1.Container{}, p.Spec.InitContainers...), p.Spec.Containers...) {
+			if c.Name != inject.ProxyContainer {
+				continue
+			}
+			if _, tag := splitTag(c.Image); cl.release != "" && tag != cl.release {
+				cl.add(OutdatedProxy, Warning, key,
+					fmt.Sprintf("its proxy runs %s but istiod runs %s: it was injected before the last upgrade", tag, cl.release),
+					fmt.Sprintf("restart its workload (kubectl rollout restart) so that it is injected with %s", cl.release))
+			}
+		}
+		for _, cs := range p.Status.InitContainerStatuses {
+			if cs.Name != inject.ValidationContainer && cs.Name != inject.InitContainer {
+				continue
+			}
+			why := ""
+			switch {
+			case cs.State.Waiting != nil && cs.State.Waiting.Reason == "CrashLoopBackOff":
+				why = "it keeps failing (CrashLoopBackOff)"
+			case cs.State.Terminated != nil && cs.State.Terminated.ExitCode != 0:
+				why = fmt.Sprintf("it exited %d (%s)", cs.State.Terminated.ExitCode, cs.State.Terminated.Reason)
+			case cs.RestartCount > 0 && !cs.Ready:
+				why = fmt.Sprintf("it restarted %d times", cs.RestartCount)
+			}
+			if why == "" {
+				continue
+			}
+			fix := "check istio-cni-node on node " + p.Spec.NodeName + " (kubectl logs -n kube-system -l k8s-app=istio-cni-node)"
+			if cs.Name == inject.InitContainer {
+				fix = "check the pod can get NET_ADMIN and NET_RAW (Pod Security level of namespace " + p.Namespace + ")"
+			}
+			cl.add(StuckInit, Error, key, fmt.Sprintf("stuck in %s: %s", cs.Name, why), fix)
+		}
+	}
+	return nil
+}
+
+// workloads runs the workload checks on what runs in injected namespaces,
+// with the cluster's injector.
+func (cl *clusterCheck) workloads(ctx context.Context) error {
+	nss, err := cl.injectedNamespaces(ctx)
+	if err != nil {
+		return err
+	}
+	levels := map[string]api.Level{}
+	file := &File{Path: "cluster"}
+	kinds := []schema.GroupVersionResource{
+		{Group: "apps", Version: "v1", Resource: "deployments"},
+		{Group: "apps", Version: "v1", Resource: "statefulsets"},
+		{Group: "apps", Version: "v1", Resource: "daemonsets"},
+		{Group: "batch", Version: "v1", Resource: "jobs"},
+		{Group: "batch", Version: "v1", Resource: "cronjobs"},
+		{Group: "serving.kserve.io", Version: "v1beta1", Resource: "inferenceservices"},
+		{Group: "kubeflow.org", Version: "v1", Resource: "notebooks"},
+	}
+	for _, n := range nss {
+		if l, err := podsecurity.NamespaceLevel(n.Labels); err == nil {
+			levels[n.Name] = l
+		}
+		for _, gvr := range kinds {
+			list, err := cl.c.Dynamic.Resource(gvr).Namespace(n.Name).List(ctx, metav1.ListOptions{})
+			if apierrors.IsNotFound(err) {
+				continue // the kind is not served: KServe or Kubeflow is not installed
+			}
+			if err != nil {
+				return fmt.Errorf("list %s in %s: %w", gvr.Resource, n.Name, err)
+			}
+			for i := range list.Items {
+				o := &list.Items[i]
+				if len(o.GetOwnerReferences()) > 0 && gvr.Resource == "jobs" {
+					continue // a CronJob's job: its CronJob is checked
+				}
+				file.Docs = append(file.Docs, &Document{Source: "cluster", Object: o})
+			}
+		}
+	}
+	sub := CheckWorkloads([]*File{file}, WorkloadOptions{Injector: cl.injector, Levels: levels, EgressRestricted: cl.restricted})
+	cl.r.Findings = append(cl.r.Findings, sub.Findings...)
+	cl.r.Checked += sub.Checked
+	return nil
+}

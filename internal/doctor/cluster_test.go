@@ -1,0 +1,331 @@
+package doctor
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kubeflow/kfistio/internal/build"
+	"github.com/kubeflow/kfistio/internal/install"
+	"github.com/kubeflow/kfistio/internal/kube"
+	"github.com/kubeflow/kfistio/internal/testcluster"
+)
+
+var (
+	cluster *testcluster.Cluster
+	client  *kube.Client
+)
+
+// TestMain starts a control plane with two fake nodes; each test installs
+// what it needs.
+func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "kfistio-doctor-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if cluster, err = testcluster.Start(ctx, dir); err != nil {
+		fmt.Fprintln(os.Stderr, "cluster tests cannot run:", err)
+		return 1
+	}
+	defer func() { _ = cluster.Stop() }()
+	if err := cluster.AddNodes(ctx, testcluster.Node{Name: "node-a"}, testcluster.Node{Name: "node-b"}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if client, err = kube.Connect(ctx, kube.Options{Kubeconfig: cluster.Kubeconfig}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return m.Run()
+}
+
+// installOverlay installs overlay and does what istiod does once it runs:
+// fill its webhooks' CA bundle.
+func installOverlay(t *testing.T, overlay string) {
+	t.Helper()
+	ctx := context.Background()
+	tree, err := build.Embedded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst := build.DefaultInstallation(overlay)
+	res, err := tree.BuildInstallation(inst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := res.Objects()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (&install.Installer{Client: client}).Install(ctx, install.Options{Installation: inst, Objects: objs, Timeout: 2 * time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	fillCABundles(t)
+}
+
+func fillCABundles(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	patch := func(kind string, names []string) []byte {
+		var hooks []string
+		for _, n := range names {
+			hooks = append(hooks, fmt.Sprintf(`{"name":%q,"clientConfig":{"caBundle":"Y2E="}}`, n))
+		}
+		return []byte(`{"webhooks":[` + strings.Join(hooks, ",") + `]}`)
+	}
+	mw, err := client.Kube.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "istio-sidecar-injector", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, h := range mw.Webhooks {
+		names = append(names, h.Name)
+	}
+	if _, err := client.Kube.AdmissionregistrationV1().MutatingWebhookConfigurations().Patch(ctx, mw.Name, types.StrategicMergePatchType,
+		patch("Mutating", names), metav1.PatchOptions{FieldManager: "pilot-discovery"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Kube.AdmissionregistrationV1().ValidatingWebhookConfigurations().Patch(ctx, "istio-validator-istio-system", types.StrategicMergePatchType,
+		patch("Validating", []string{"rev.validation.istio.io"}), metav1.PatchOptions{FieldManager: "pilot-discovery"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func check(t *testing.T) *Report {
+	t.Helper()
+	r, err := CheckCluster(context.Background(), client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func ids(r *Report) []string {
+	var out []string
+	for _, f := range r.Findings {
+		out = append(out, f.ID+" "+f.Object)
+	}
+	return out
+}
+
+func hasFinding(r *Report, id, object, reason string) bool {
+	return slices.ContainsFunc(r.Findings, func(f Finding) bool {
+		return f.ID == id && f.Object == object && strings.Contains(f.Reason, reason)
+	})
+}
+
+func applyDocs(t *testing.T, doc string) {
+	t.Helper()
+	files, err := ReadFiles([]string{"-"}, strings.NewReader(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range files[0].Docs {
+		res, err := client.Resource(d.Object)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := d.Object.MarshalJSON()
+		if _, err := res.Patch(context.Background(), d.Object.GetName(), types.ApplyPatchType, body, metav1.PatchOptions{FieldManager: "test", Force: ptr(true)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// A clean install has no findings; each broken state that follows shows as
+// its finding.
+func TestCluster(t *testing.T) {
+	ctx := context.Background()
+	if r := check(t); !slices.Equal(ids(r), []string{"KF100 Deployment/istio-system/istiod"}) {
+		t.Errorf("before install: %v", ids(r))
+	}
+	installOverlay(t, "oauth2-proxy")
+	if r := check(t); len(r.Findings) > 0 {
+		t.Fatalf("clean install: %v", ids(r))
+	}
+
+	t.Run("webhook without a CA bundle", func(t *testing.T) {
+		defer fillCABundles(t)
+		if _, err := client.Kube.AdmissionregistrationV1().ValidatingWebhookConfigurations().Patch(ctx, "istio-validator-istio-system", types.JSONPatchType,
+			[]byte(`[{"op":"remove","path":"/webhooks/0/clientConfig/caBundle"}]`), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := client.Kube.AdmissionregistrationV1().MutatingWebhookConfigurations().Patch(ctx, "istio-sidecar-injector", types.JSONPatchType,
+			[]byte(`[{"op":"remove","path":"/webhooks/1/clientConfig/caBundle"}]`), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		r := check(t)
+		if !hasFinding(r, WebhookCABundle, "ValidatingWebhookConfiguration/istio-validator-istio-system", "rev.validation.istio.io have no caBundle") {
+			t.Errorf("findings %v", ids(r))
+		}
+		if !hasFinding(r, WebhookCABundle, "MutatingWebhookConfiguration/istio-sidecar-injector", "rev.object.sidecar-injector.istio.io have no caBundle") {
+			t.Errorf("findings %v", ids(r))
+		}
+	})
+
+	t.Run("CNI agent not ready on a node", func(t *testing.T) {
+		// A node no kubelet serves: the agent's pod there never runs. The
+		// taint keeps other pods away; the agent tolerates it.
+		node := &corev1.Node{
+			ObjectMeta: metav1.ObjectMeta{Name: "node-lost", Labels: map[string]string{"kubernetes.io/os": "linux"}},
+			Spec:       corev1.NodeSpec{Taints: []corev1.Taint{{Key: "lost", Effect: corev1.TaintEffectNoSchedule}}},
+		}
+		if _, err := client.Kube.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = client.Kube.CoreV1().Nodes().Delete(ctx, "node-lost", metav1.DeleteOptions{}) }()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			r := check(t)
+			if hasFinding(r, CNINotReady, "DaemonSet/kube-system/istio-cni-node", "node node-lost") {
+				for _, f := range r.Findings {
+					if f.ID == CNINotReady && !strings.Contains(f.Reason, "node-lost") {
+						t.Errorf("finding for a healthy node: %s", f.Reason)
+					}
+				}
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("findings %v", ids(r))
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	})
+
+	t.Run("pods from before an upgrade, pods stuck in istio-validation", func(t *testing.T) {
+		applyDocs(t, `apiVersion: v1
+kind: Namespace
+metadata:
+  name: apps
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: old-proxy
+  namespace: apps
+spec:
+  containers:
+  - name: app
+    image: registry.example.com/app:1
+  - name: istio-proxy
+    image: gcr.io/istio-release/proxyv2:1.28.3
+`)
+		defer func() { _ = client.Kube.CoreV1().Namespaces().Delete(ctx, "apps", metav1.DeleteOptions{}) }()
+		// A pod whose istio-validation keeps failing, as when the CNI agent
+		// did not configure it; bound to a node kwok does not serve, so that
+		// its status stays as written.
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "stuck", Namespace: "apps"},
+			Spec: corev1.PodSpec{
+				NodeName:       "node-gone",
+				InitContainers: []corev1.Container{{Name: "istio-validation", Image: "gcr.io/istio-release/proxyv2:1.29.1"}},
+				Containers:     []corev1.Container{{Name: "app", Image: "registry.example.com/app:1"}},
+			},
+		}
+		created, err := client.Kube.CoreV1().Pods("apps").Create(ctx, pod, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		created.Status.Phase = corev1.PodPending
+		created.Status.InitContainerStatuses = []corev1.ContainerStatus{{Name: "istio-validation", RestartCount: 4,
+			State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff"}}}}
+		if _, err := client.Kube.CoreV1().Pods("apps").UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		r := check(t)
+		if !hasFinding(r, OutdatedProxy, "Pod/apps/old-proxy", "proxy runs 1.28.3 but istiod runs 1.29.1") {
+			t.Errorf("no outdated proxy: %v", ids(r))
+		}
+		if !hasFinding(r, StuckInit, "Pod/apps/stuck", "stuck in istio-validation: it keeps failing") {
+			t.Errorf("no stuck pod: %v", ids(r))
+		}
+	})
+
+	t.Run("GKE nodes with the default overlay", func(t *testing.T) {
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "gke-pool-1",
+			Labels: map[string]string{"cloud.google.com/gke-nodepool": "pool-1"}},
+			Spec: corev1.NodeSpec{Taints: []corev1.Taint{{Key: "lost", Effect: corev1.TaintEffectNoSchedule}}}}
+		if _, err := client.Kube.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = client.Kube.CoreV1().Nodes().Delete(ctx, "gke-pool-1", metav1.DeleteOptions{}) }()
+		if r := check(t); !hasFinding(r, GKEOverlay, "DaemonSet/kube-system/istio-cni-node", "the oauth2-proxy overlay writes the CNI plugin to /opt/cni/bin") {
+			t.Errorf("findings %v", ids(r))
+		}
+	})
+
+	t.Run("workloads of injected namespaces", func(t *testing.T) {
+		applyDocs(t, `apiVersion: v1
+kind: Namespace
+metadata:
+  name: team-b
+  labels:
+    istio-injection: enabled
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: docs
+  namespace: team-b
+spec:
+  replicas: 0
+  selector:
+    matchLabels:
+      app: docs
+  template:
+    metadata:
+      labels:
+        app: docs
+    spec:
+      initContainers:
+      - name: clone
+        image: registry.k8s.io/git-sync/git-sync:v4.2.1
+        args: ["--repo=https://github.com/kubeflow/website", "--one-time"]
+      containers:
+      - name: web
+        image: nginx
+`)
+		defer func() { _ = client.Kube.CoreV1().Namespaces().Delete(ctx, "team-b", metav1.DeleteOptions{}) }()
+		if r := check(t); !hasFinding(r, InitEgress, "Deployment/team-b/docs", "github.com") {
+			t.Errorf("findings %v", ids(r))
+		}
+	})
+
+	t.Run("insecure overlay and a restricted injected namespace", func(t *testing.T) {
+		installOverlay(t, "insecure")
+		applyDocs(t, `apiVersion: v1
+kind: Namespace
+metadata:
+  name: team-c
+  labels:
+    istio-injection: enabled
+    pod-security.kubernetes.io/enforce: restricted
+`)
+		defer func() { _ = client.Kube.CoreV1().Namespaces().Delete(ctx, "team-c", metav1.DeleteOptions{}) }()
+		r := check(t)
+		if !hasFinding(r, NamespacePodSecurity, "Namespace/team-c", "enforces the restricted level") {
+			t.Errorf("findings %v", ids(r))
+		}
+		if slices.ContainsFunc(r.Findings, func(f Finding) bool { return f.ID == CNINotReady }) {
+			t.Errorf("CNI findings without CNI: %v", ids(r))
+		}
+	})
+}
