@@ -28,9 +28,21 @@ type Overlay struct {
 	CNI bool
 	// OAuth2Proxy is true when the overlay has oauth2-proxy external authorization.
 	OAuth2Proxy bool
-	// GKE is true for the overlays made for Google Kubernetes Engine.
-	GKE  bool
-	Help string
+	// GKE is true for the overlays made for Google Kubernetes Engine; GKEOf
+	// names the overlay that is the same elsewhere.
+	GKE   bool
+	GKEOf string
+	// Ambient is true for the overlays of Istio's ambient mode (ztunnel).
+	Ambient bool
+	Help    string
+}
+
+// NamespaceDir is the istio-namespace directory that goes with o.
+func (o Overlay) NamespaceDir() string {
+	if o.Ambient {
+		return AmbientNamespaceDir
+	}
+	return NamespaceDir
 }
 
 // DefaultOverlay is the overlay installed when none is named.
@@ -40,10 +52,18 @@ const DefaultOverlay = "oauth2-proxy"
 var Overlays = []Overlay{
 	{Name: "oauth2-proxy", Path: "istio-install/overlays/oauth2-proxy", CNI: true, OAuth2Proxy: true,
 		Help: "Istio CNI and oauth2-proxy external authorization (default)"},
-	{Name: "gke", Path: "istio-install/overlays/gke", CNI: true, OAuth2Proxy: true, GKE: true,
+	{Name: "gke", Path: "istio-install/overlays/gke", CNI: true, OAuth2Proxy: true, GKE: true, GKEOf: "oauth2-proxy",
 		Help: "oauth2-proxy with the CNI binary directory of GKE"},
 	{Name: "insecure", Path: "istio-install/overlays/insecure", CNI: false, OAuth2Proxy: true,
 		Help: "no CNI: privileged istio-init containers, for clusters without CNI support"},
+	{Name: "ambient", Path: "istio-install/overlays/ambient", CNI: true, Ambient: true,
+		Help: "ambient mode (ztunnel, no sidecars) without external authorization"},
+	{Name: "ambient-gke", Path: "istio-install/overlays/ambient-gke", CNI: true, Ambient: true, GKE: true, GKEOf: "ambient",
+		Help: "ambient mode on GKE"},
+	{Name: "ambient-oauth2-proxy", Path: "istio-install/overlays/ambient-oauth2-proxy", CNI: true, Ambient: true, OAuth2Proxy: true,
+		Help: "ambient mode with oauth2-proxy external authorization"},
+	{Name: "ambient-oauth2-proxy-gke", Path: "istio-install/overlays/ambient-oauth2-proxy-gke", CNI: true, Ambient: true, OAuth2Proxy: true, GKE: true, GKEOf: "ambient-oauth2-proxy",
+		Help: "ambient mode with oauth2-proxy external authorization, on GKE"},
 }
 
 // LookupOverlay returns the overlay called name.

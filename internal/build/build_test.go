@@ -17,7 +17,9 @@ const manifestsDir = "../../manifests"
 var documentedDirs = []string{
 	CRDsDir, NamespaceDir, InstallBaseDir,
 	"istio-install/overlays/oauth2-proxy", "istio-install/overlays/gke", "istio-install/overlays/insecure",
-	ClusterLocalGateway, ClusterLocalM2MAuth, KubeflowResourcesDir, ExampleDir,
+	"istio-install/overlays/ambient", "istio-install/overlays/ambient-gke",
+	"istio-install/overlays/ambient-oauth2-proxy", "istio-install/overlays/ambient-oauth2-proxy-gke", AmbientNamespaceDir,
+	ClusterLocalGateway, ClusterLocalM2MAuth, KubeflowResourcesDir, ExampleDir, ExampleDir + "/ambient",
 }
 
 func embedded(t *testing.T) *Tree {
@@ -107,7 +109,8 @@ func TestEmbeddedTreeIsTheRepositoryTree(t *testing.T) {
 func TestInstallationsBuildWithoutClashes(t *testing.T) {
 	tree := embedded(t)
 	for _, o := range OverlayNames() {
-		for _, in := range []Installation{DefaultInstallation(o), {Overlay: o, M2MAuth: true, KubeflowResources: true}, {Overlay: o}} {
+		for _, in := range []Installation{DefaultInstallation(o), {Overlay: o, M2MAuth: true, KubeflowResources: true}, {Overlay: o},
+			{Overlay: o, ClusterLocalGateway: true, Components: []string{"sidecar-egress"}}} {
 			res, err := tree.BuildInstallation(in)
 			if err != nil {
 				t.Errorf("%v", err)
@@ -130,6 +133,9 @@ func TestInstallationsBuildWithoutClashes(t *testing.T) {
 	}
 	if _, err := tree.BuildInstallation(Installation{Overlay: "nope"}); err == nil || !strings.Contains(err.Error(), "oauth2-proxy") {
 		t.Errorf("unknown overlay: got %v, want an error that lists the overlays", err)
+	}
+	if _, err := tree.BuildInstallation(Installation{Overlay: "gke", Components: []string{"egress"}}); err == nil || !strings.Contains(err.Error(), "sidecar-egress") {
+		t.Errorf("unknown component: got %v, want an error that lists the components", err)
 	}
 }
 

@@ -3,6 +3,7 @@ package build
 import (
 	"fmt"
 	"path"
+	"sort"
 	"strings"
 
 	"sigs.k8s.io/yaml"
@@ -11,6 +12,7 @@ import (
 // Tree directories that an installation combines with an install overlay.
 const (
 	CRDsDir              = "istio-crds/base"
+	AmbientNamespaceDir  = "istio-namespace/overlays/ambient"
 	InstallBaseDir       = "istio-install/base"
 	ExampleDir           = "example"
 	NamespaceDir         = "istio-namespace/base"
@@ -29,6 +31,15 @@ type Installation struct {
 	M2MAuth             bool
 	// KubeflowResources adds kubeflow-gateway and the Kubeflow ClusterRoles.
 	KubeflowResources bool
+	// Components are opt-in components of istio-install/components
+	// (OptionalComponents) applied to the whole installation.
+	Components []string
+}
+
+// OptionalComponents are the components of istio-install/components that an
+// installation may add.
+var OptionalComponents = map[string]string{
+	"sidecar-egress": "istio-install/components/sidecar-egress",
 }
 
 // DefaultInstallation is the documented combination for overlay.
@@ -42,7 +53,7 @@ func (in Installation) Dirs() ([]string, error) {
 	if !ok {
 		return nil, unknownOverlay(in.Overlay)
 	}
-	dirs := []string{CRDsDir, NamespaceDir, o.Path}
+	dirs := []string{CRDsDir, o.NamespaceDir(), o.Path}
 	switch {
 	case in.M2MAuth:
 		dirs = append(dirs, ClusterLocalM2MAuth)
@@ -67,6 +78,9 @@ func (in Installation) Name() string {
 	if in.KubeflowResources {
 		n += "+kubeflow-istio-resources"
 	}
+	for _, c := range in.Components {
+		n += "+" + c
+	}
 	return n
 }
 
@@ -80,15 +94,26 @@ func (t *Tree) BuildInstallation(in Installation) (*Result, error) {
 	}
 	// The kustomization lives next to the tree, never in it.
 	dir := path.Join(path.Dir(t.root), ".kfistio-installation", strings.NewReplacer("+", "_", "(", "_", ")", "").Replace(in.Name()))
-	var resources []string
+	var resources, components []string
 	for _, d := range dirs {
 		resources = append(resources, path.Join("../..", path.Base(t.root), d))
 	}
-	k, err := yaml.Marshal(map[string]any{
+	for _, c := range in.Components {
+		p, ok := OptionalComponents[c]
+		if !ok {
+			return nil, fmt.Errorf("unknown component %q: choose from %s", c, strings.Join(optionalNames(), ", "))
+		}
+		components = append(components, path.Join("../..", path.Base(t.root), p))
+	}
+	kustomization := map[string]any{
 		"apiVersion": "kustomize.config.k8s.io/v1beta1",
 		"kind":       "Kustomization",
 		"resources":  resources,
-	})
+	}
+	if len(components) > 0 {
+		kustomization["components"] = components
+	}
+	k, err := yaml.Marshal(kustomization)
 	if err != nil {
 		return nil, err
 	}
@@ -104,6 +129,16 @@ func (t *Tree) BuildInstallation(in Installation) (*Result, error) {
 	}
 	res.Dir = in.Name()
 	return res, nil
+}
+
+// optionalNames returns the names of OptionalComponents, sorted.
+func optionalNames() []string {
+	var names []string
+	for n := range OptionalComponents {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
 }
 
 func unknownOverlay(name string) error {

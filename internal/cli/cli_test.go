@@ -69,7 +69,7 @@ func TestBuildErrors(t *testing.T) {
 		args []string
 		want []string
 	}{
-		"unknown overlay": {[]string{"build", "ambient"}, []string{`unknown overlay or directory "ambient"`, "oauth2-proxy", "gke", "insecure", "cluster-local-gateway/overlays/m2m-auth"}},
+		"unknown overlay": {[]string{"build", "sidecarless"}, []string{`unknown overlay or directory "sidecarless"`, "oauth2-proxy", "gke", "insecure", "cluster-local-gateway/overlays/m2m-auth"}},
 		"no argument":     {[]string{"build"}, []string{"expects an overlay name or a directory"}},
 		"missing tree":    {[]string{"build", "gke", "--manifests", "/nonexistent/manifests"}, []string{"manifests directory", "/nonexistent/manifests"}},
 	}

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -56,6 +58,7 @@ type installationFlags struct {
 	overlay             string
 	clusterLocalGateway string
 	kubeflowResources   bool
+	components          []string
 	manifests           string
 }
 
@@ -65,13 +68,14 @@ func (f *installationFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.overlay, "overlay", autoOverlay, "install overlay: "+overlayNames()+", or auto (gke on GKE, else "+build.DefaultOverlay+")")
 	cmd.Flags().StringVar(&f.clusterLocalGateway, "cluster-local-gateway", "base", "the KServe cluster-local gateway: base, m2m-auth, or none")
 	cmd.Flags().BoolVar(&f.kubeflowResources, "kubeflow-resources", true, "install kubeflow-gateway and the Kubeflow ClusterRoles")
+	cmd.Flags().StringSliceVar(&f.components, "component", nil, "opt-in components to add: "+componentNames())
 	addManifestsFlag(cmd, &f.manifests)
 }
 
 // resolve turns the flags into an installation and its objects. With the
 // overlay auto, it detects the platform and says what it saw on progress.
 func (f *installationFlags) resolve(ctx context.Context, c *kube.Client, progress io.Writer) (build.Installation, []*unstructured.Unstructured, error) {
-	in := build.Installation{Overlay: f.overlay, KubeflowResources: f.kubeflowResources}
+	in := build.Installation{Overlay: f.overlay, KubeflowResources: f.kubeflowResources, Components: f.components}
 	switch f.clusterLocalGateway {
 	case "base":
 		in.ClusterLocalGateway = true
@@ -107,6 +111,15 @@ func (f *installationFlags) resolve(ctx context.Context, c *kube.Client, progres
 	}
 	objs, err := res.Objects()
 	return in, objs, err
+}
+
+func componentNames() string {
+	var names []string
+	for n := range build.OptionalComponents {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ", ")
 }
 
 // progressFunc turns install events into ✓/✗ lines on w.

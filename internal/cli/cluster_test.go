@@ -117,7 +117,7 @@ func TestClusterCommandErrors(t *testing.T) {
 		args []string
 		want []string
 	}{
-		"unknown overlay":      {[]string{"install", "--kubeconfig=" + c.Kubeconfig, "--overlay=ambient"}, []string{`unknown overlay "ambient"`, "oauth2-proxy, gke, insecure"}},
+		"unknown overlay":      {[]string{"install", "--kubeconfig=" + c.Kubeconfig, "--overlay=sidecarless"}, []string{`unknown overlay "sidecarless"`, "oauth2-proxy, gke, insecure, ambient"}},
 		"bad gateway choice":   {[]string{"install", "--kubeconfig=" + c.Kubeconfig, "--cluster-local-gateway=strict"}, []string{"--cluster-local-gateway", "base, m2m-auth or none"}},
 		"wrong context":        {[]string{"install", "--kubeconfig=" + c.Kubeconfig, "--context=prod"}, []string{`context "prod" is not in the kubeconfig`}},
 		"missing kubeconfig":   {[]string{"status", "--kubeconfig=/nonexistent/kubeconfig"}, []string{"kubeconfig /nonexistent/kubeconfig"}},

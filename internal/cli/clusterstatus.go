@@ -38,7 +38,7 @@ pods when it is not ready), and whether the cluster drifted from the tree.`,
 				return err
 			}
 			res, err := tree.BuildInstallation(build.Installation{Overlay: inv.Overlay, ClusterLocalGateway: inv.ClusterLocalGateway,
-				M2MAuth: inv.M2MAuth, KubeflowResources: inv.KubeflowResources})
+				M2MAuth: inv.M2MAuth, KubeflowResources: inv.KubeflowResources, Components: inv.Components})
 			if err != nil {
 				return err
 			}

@@ -18,13 +18,14 @@ import (
 
 func newDoctorCommand(s Streams) *cobra.Command {
 	var (
-		cluster   clusterFlags
-		files     []string
-		overlay   string
-		manifests string
-		fix       bool
-		output    string
-		failOn    string
+		cluster    clusterFlags
+		files      []string
+		overlay    string
+		components []string
+		manifests  string
+		fix        bool
+		output     string
+		failOn     string
 	)
 	cmd := &cobra.Command{
 		Use:   "doctor [-f FILE|DIR|-]...",
@@ -82,7 +83,9 @@ could not run.`,
 			}
 			var rep *doctor.Report
 			if len(files) > 0 {
-				rep, err = doctorFiles(s, files, overlay, manifests, fix, output)
+				inst := build.DefaultInstallation(overlay)
+				inst.Components = components
+				rep, err = doctorFiles(s, files, inst, manifests, fix)
 			} else {
 				if fix {
 					return &ExitError{Code: 2, Err: errors.New("--fix works on manifests: pass them with -f")}
@@ -112,6 +115,7 @@ could not run.`,
 	cluster.add(cmd)
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "manifests to check: a file, a directory, or - for standard input (repeatable)")
 	cmd.Flags().StringVar(&overlay, "overlay", build.DefaultOverlay, "with -f: the install overlay whose injector and namespaces to assume ("+overlayNames()+")")
+	cmd.Flags().StringSliceVar(&components, "component", nil, "with -f: opt-in components of the installation to assume ("+componentNames()+")")
 	addManifestsFlag(cmd, &manifests)
 	cmd.Flags().BoolVar(&fix, "fix", false, "with -f: print the manifests with the fixes applied")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format of the report: text or json")
@@ -129,21 +133,18 @@ func unfixable(fs []doctor.Finding) []doctor.Finding {
 	return out
 }
 
-// doctorFiles checks manifests as the installation of overlay would inject
-// and admit them.
-func doctorFiles(s Streams, paths []string, overlay, manifests string, fix bool, output string) (*doctor.Report, error) {
+// doctorFiles checks manifests as the installation inst would inject and
+// admit them.
+func doctorFiles(s Streams, paths []string, inst build.Installation, manifests string, fix bool) (*doctor.Report, error) {
 	files, err := doctor.ReadFiles(paths, s.In)
 	if err != nil {
 		return nil, err
-	}
-	if _, ok := build.LookupOverlay(overlay); !ok {
-		return nil, fmt.Errorf("unknown overlay %q: choose one of %s", overlay, overlayNames())
 	}
 	tree, err := openTree(manifests)
 	if err != nil {
 		return nil, err
 	}
-	res, err := tree.BuildInstallation(build.DefaultInstallation(overlay))
+	res, err := tree.BuildInstallation(inst)
 	if err != nil {
 		return nil, err
 	}

@@ -18,6 +18,10 @@ func TestDoctorFiles(t *testing.T) {
 	if code, _, _ := run(t, "doctor", "-f", filepath.Join(workloads, "init-egress.yaml"), "--fail-on", "error"); code != 0 {
 		t.Errorf("--fail-on error with warnings only: exit %d", code)
 	}
+	code, out, _ = run(t, "doctor", "-f", filepath.Join(workloads, "init-egress.yaml"), "--component", "sidecar-egress")
+	if code != 1 || !strings.Contains(out, "KF002 error") || !strings.Contains(out, "Sidecar/istio-system/default limits egress") {
+		t.Errorf("with the egress Sidecar: exit %d\n%s", code, out)
+	}
 	if code, out, _ := run(t, "doctor", "-f", filepath.Join(workloads, "pss.yaml")); code != 0 || !strings.Contains(out, "No findings in 1 checked") {
 		t.Errorf("clean file: exit %d\n%s", code, out)
 	}
@@ -55,7 +59,7 @@ func TestDoctorCannotRun(t *testing.T) {
 	cases := map[string][]string{
 		"malformed YAML":      {"doctor", "-f", bad},
 		"missing file":        {"doctor", "-f", "/nonexistent.yaml"},
-		"unknown overlay":     {"doctor", "-f", filepath.Join(workloads, "pss.yaml"), "--overlay", "ambient"},
+		"unknown overlay":     {"doctor", "-f", filepath.Join(workloads, "pss.yaml"), "--overlay", "sidecarless"},
 		"fix without files":   {"doctor", "--fix"},
 		"bad severity":        {"doctor", "-f", bad, "--fail-on", "fatal"},
 		"unreachable cluster": {"doctor", "--kubeconfig", "/nonexistent/kubeconfig"},

@@ -9,8 +9,11 @@ import (
 	"istio.io/istio/pilot/pkg/features"
 	"istio.io/istio/pkg/config/mesh"
 	istioinject "istio.io/istio/pkg/kube/inject"
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/kubeflow/kfistio/internal/object"
@@ -37,7 +40,11 @@ type Injector struct {
 	native    features.NativeSidecarMode
 	// NativeSidecars is istiod's ENABLE_NATIVE_SIDECARS value ("" when unset).
 	NativeSidecars string
+	// webhooks are the selectors of the injection webhooks, when known.
+	webhooks []selectors
 }
+
+type selectors struct{ namespace, object labels.Selector }
 
 // New reads the injector ConfigMap, the mesh ConfigMap and istiod's
 // ENABLE_NATIVE_SIDECARS from objs, the objects of a build.
@@ -70,7 +77,51 @@ func New(objs []*unstructured.Unstructured) (*Injector, error) {
 		in.NativeSidecars, _ = object.ContainerEnv(d, DiscoveryContainer, NativeSidecarsEnv)
 	}
 	in.native = nativeMode(in.NativeSidecars)
+	for _, o := range objs {
+		if o.GetKind() != "MutatingWebhookConfiguration" {
+			continue
+		}
+		w := &admissionv1.MutatingWebhookConfiguration{}
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, w); err != nil {
+			return nil, fmt.Errorf("%s: %w", object.Key(o), err)
+		}
+		for _, h := range w.Webhooks {
+			ns, err := selector(h.NamespaceSelector)
+			if err != nil {
+				return nil, fmt.Errorf("%s webhook %s: %w", object.Key(o), h.Name, err)
+			}
+			ob, err := selector(h.ObjectSelector)
+			if err != nil {
+				return nil, fmt.Errorf("%s webhook %s: %w", object.Key(o), h.Name, err)
+			}
+			in.webhooks = append(in.webhooks, selectors{namespace: ns, object: ob})
+		}
+	}
 	return in, nil
+}
+
+// selector is s as a selector; an absent selector selects everything, as the
+// API server reads it.
+func selector(s *metav1.LabelSelector) (labels.Selector, error) {
+	if s == nil {
+		return labels.Everything(), nil
+	}
+	return metav1.LabelSelectorAsSelector(s)
+}
+
+// Selects reports whether the API server would send a pod with podLabels in
+// a namespace with nsLabels to an injection webhook of the build. Without
+// webhook configurations in the build, every pod is sent.
+func (in *Injector) Selects(nsLabels, podLabels map[string]string) bool {
+	if len(in.webhooks) == 0 {
+		return true
+	}
+	for _, w := range in.webhooks {
+		if w.namespace.Matches(labels.Set(nsLabels)) && w.object.Matches(labels.Set(podLabels)) {
+			return true
+		}
+	}
+	return false
 }
 
 // nativeMode reads ENABLE_NATIVE_SIDECARS as istiod does (pilot/pkg/features):

@@ -108,3 +108,26 @@ func TestNewNeedsInjectorConfig(t *testing.T) {
 		t.Fatal("New without objects: no error")
 	}
 }
+
+// The injection webhooks of the tree send pods of namespaces labelled for
+// injection, and not those of ambient namespaces.
+func TestSelects(t *testing.T) {
+	in := injector(t, "oauth2-proxy")
+	cases := []struct {
+		ns, pod map[string]string
+		want    bool
+	}{
+		{map[string]string{"istio-injection": "enabled"}, nil, true},
+		{map[string]string{"istio.io/rev": "default"}, nil, true},
+		{map[string]string{"istio.io/dataplane-mode": "ambient"}, nil, false},
+		{nil, nil, false},
+		{map[string]string{"istio-injection": "enabled"}, map[string]string{"sidecar.istio.io/inject": "false"}, false},
+		{map[string]string{"istio-injection": "disabled"}, nil, false},
+		{nil, map[string]string{"sidecar.istio.io/inject": "true"}, true},
+	}
+	for _, c := range cases {
+		if got := in.Selects(c.ns, c.pod); got != c.want {
+			t.Errorf("namespace %v, pod %v: %v, want %v", c.ns, c.pod, got, c.want)
+		}
+	}
+}

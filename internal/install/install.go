@@ -82,7 +82,7 @@ func (in *Installer) Install(ctx context.Context, o Options) (ChangeSet, error) 
 	}
 	inv := &Inventory{
 		Overlay: o.Installation.Overlay, ClusterLocalGateway: o.Installation.ClusterLocalGateway,
-		M2MAuth: o.Installation.M2MAuth, KubeflowResources: o.Installation.KubeflowResources,
+		M2MAuth: o.Installation.M2MAuth, KubeflowResources: o.Installation.KubeflowResources, Components: o.Installation.Components,
 		IstioRelease: upstream.Release, KfistioVersion: o.Version, Objects: desired,
 	}
 	var previous []Ref

@@ -495,3 +495,47 @@ func TestInsufficientRBAC(t *testing.T) {
 		t.Errorf("a refused install left an inventory: %v", err)
 	}
 }
+
+// The ambient overlays install: ztunnel runs on every node, istio-system
+// becomes privileged for it; moving back to sidecars prunes ztunnel and makes
+// istio-system restricted again.
+func TestAmbient(t *testing.T) {
+	ctx := context.Background()
+	t.Cleanup(func() { purge(t) })
+	in, _ := admin(t)
+	for _, overlay := range []string{"ambient", "ambient-oauth2-proxy-gke", "ambient-oauth2-proxy"} {
+		o := options(t, overlay)
+		if _, err := in.Install(ctx, o); err != nil {
+			t.Fatalf("%s: %v", overlay, err)
+		}
+		inv, err := in.ReadInventory(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustReady(t, in, inv, o, istiodKey, cniKey, "DaemonSet/istio-system/ztunnel")
+		ns, err := in.Client.Kube.CoreV1().Namespaces().Get(ctx, "istio-system", metav1.GetOptions{})
+		if err != nil || ns.Labels["pod-security.kubernetes.io/enforce"] != "privileged" {
+			t.Errorf("%s: istio-system labels %v, %v", overlay, ns.Labels, err)
+		}
+		again, counter := admin(t)
+		if cs, err := again.Install(ctx, o); err != nil || len(onlyChanges(cs)) > 0 || counter.Writes() > 0 {
+			t.Errorf("%s again: %v, changes %v, %d writes", overlay, err, onlyChanges(cs), counter.Writes())
+		}
+	}
+	_, err := in.Client.Kube.CoreV1().ResourceQuotas("istio-system").Get(ctx, "ztunnel", metav1.GetOptions{})
+	if !apierrors.IsNotFound(err) {
+		t.Errorf("the GKE quota outlived the GKE overlay: %v", err)
+	}
+	cs, err := in.Install(ctx, options(t, "oauth2-proxy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := actions(cs)
+	if a["DaemonSet/istio-system/ztunnel"] != Pruned || a["Namespace/istio-system"] != Configured {
+		t.Errorf("back to sidecars: %v", onlyChanges(cs))
+	}
+	ns, _ := in.Client.Kube.CoreV1().Namespaces().Get(ctx, "istio-system", metav1.GetOptions{})
+	if ns.Labels["pod-security.kubernetes.io/enforce"] != "restricted" {
+		t.Errorf("istio-system labels %v after leaving ambient", ns.Labels)
+	}
+}

@@ -68,6 +68,8 @@ type Inventory struct {
 	ClusterLocalGateway bool   `json:"clusterLocalGateway"`
 	M2MAuth             bool   `json:"m2mAuth"`
 	KubeflowResources   bool   `json:"kubeflowResources"`
+	// Components are the opt-in components of the installation.
+	Components []string `json:"components,omitempty"`
 	// IstioRelease applied, and the kfistio version that applied it.
 	IstioRelease   string `json:"istioRelease"`
 	KfistioVersion string `json:"kfistioVersion"`

@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-
 	"sigs.k8s.io/yaml"
 
 	"github.com/kubeflow/kfistio/internal/object"
@@ -43,70 +42,103 @@ func Generate(root string) (*Generated, error) {
 	}
 	defer func() { _ = r.Close() }()
 	out := &Generated{Files: Files{}}
-	renders := Renders()
-	base := renders[0]
-	rb, err := r.Render(base.Inputs(root))
-	if err != nil {
-		return nil, err
-	}
-	out.Warnings = append(out.Warnings, rb.Warnings...)
-	baseSplit := splitRender(rb.Objects)
-	comment := "# " + base.describe()
-	for path, objs := range map[string][]*unstructured.Unstructured{
-		CRDsFile:            baseSplit.crds,
-		InstallFile:         baseSplit.install,
-		ClusterLocalGateway: baseSplit.gateway,
-	} {
-		if out.Files[path], err = file(comment, objs); err != nil {
-			return nil, fmt.Errorf("write %s: %w", path, err)
-		}
-	}
-	for _, v := range renders[1:] {
-		rv, err := r.Render(v.Inputs(root))
+	splits := map[string]split{}
+	for _, rd := range Renders() {
+		res, err := r.Render(rd.Inputs(root))
 		if err != nil {
 			return nil, err
 		}
-		out.Warnings = append(out.Warnings, rv.Warnings...)
-		patches, err := patchSet(baseSplit, splitRender(rv.Objects))
-		if err != nil {
-			return nil, fmt.Errorf("%s (%s): %w", v.Name, v.describe(), err)
+		out.Warnings = append(out.Warnings, res.Warnings...)
+		s := splitRender(res.Objects)
+		splits[rd.Name] = s
+		if rd.Name == BaseRender {
+			if err := out.Files.addBase(rd, s); err != nil {
+				return nil, err
+			}
+			continue
 		}
-		comment := "# A patch from the base render to " + v.describe()
-		if err := out.Files.addComponent(v.Name, comment, patches); err != nil {
-			return nil, fmt.Errorf("write %s: %w", v.Name, err)
+		c, err := variant(splits[rd.parent()], s)
+		if err != nil {
+			return nil, fmt.Errorf("%s (%s): %w", rd.Name, rd.describe(), err)
+		}
+		comment := fmt.Sprintf("# From the %s render to %s", rd.parent(), rd.describe())
+		if err := out.Files.addComponent(rd.Name, comment, c); err != nil {
+			return nil, fmt.Errorf("write %s: %w", rd.Name, err)
 		}
 	}
 	return out, nil
 }
 
-// addComponent adds a kustomize Component under dir that applies patches, each
-// from a file of its own named after its object.
-func (f Files) addComponent(dir, comment string, patches []*unstructured.Unstructured) error {
-	var list []any
-	for _, p := range patches {
-		name := strings.ToLower(p.GetKind()) + "-" + p.GetName() + ".yaml"
-		if p.Object["$patch"] == "delete" {
-			name = "delete-" + name
+// addBase writes the base render, split into its three directories.
+func (f Files) addBase(rd Render, s split) error {
+	comment := "# " + rd.describe()
+	for path, objs := range map[string][]*unstructured.Unstructured{
+		CRDsFile:            s.crds,
+		InstallFile:         s.install,
+		ClusterLocalGateway: s.gateway,
+	} {
+		b, err := file(comment, objs)
+		if err != nil {
+			return fmt.Errorf("write %s: %w", path, err)
 		}
-		b, err := file(comment, []*unstructured.Unstructured{p})
+		f[path] = b
+	}
+	return nil
+}
+
+// component is what turns one render into another: objects to add, and
+// strategic-merge patches (changes, and deletes).
+type component struct {
+	resources, patches []*unstructured.Unstructured
+}
+
+// addComponent adds a kustomize Component under dir: each added object and
+// each patch in a file of its own named after its object, every patch listed
+// on its own (older kustomize versions cannot apply a delete patch that
+// shares a file with other patches).
+func (f Files) addComponent(dir, comment string, c component) error {
+	var resources, patches []any
+	add := func(name string, o *unstructured.Unstructured) error {
+		if _, dup := f[dir+"/"+name]; dup {
+			return fmt.Errorf("two objects would be written to %s", name)
+		}
+		b, err := file(comment, []*unstructured.Unstructured{o})
 		if err != nil {
 			return err
 		}
-		if _, dup := f[dir+"/"+name]; dup {
-			return fmt.Errorf("two patches would be written to %s", name)
-		}
 		f[dir+"/"+name] = b
-		list = append(list, map[string]any{"path": name})
+		return nil
 	}
-	k, err := yaml.Marshal(map[string]any{
-		"apiVersion": "kustomize.config.k8s.io/v1alpha1",
-		"kind":       "Component",
-		"patches":    list,
-	})
+	for _, o := range c.resources {
+		name := strings.ToLower(o.GetKind()) + "-" + o.GetName() + ".yaml"
+		if err := add(name, o); err != nil {
+			return err
+		}
+		resources = append(resources, name)
+	}
+	for _, p := range c.patches {
+		prefix := "patch-"
+		if p.Object["$patch"] == "delete" {
+			prefix = "delete-"
+		}
+		name := prefix + strings.ToLower(p.GetKind()) + "-" + p.GetName() + ".yaml"
+		if err := add(name, p); err != nil {
+			return err
+		}
+		patches = append(patches, map[string]any{"path": name})
+	}
+	k := map[string]any{"apiVersion": "kustomize.config.k8s.io/v1alpha1", "kind": "Component"}
+	if len(resources) > 0 {
+		k["resources"] = resources
+	}
+	if len(patches) > 0 {
+		k["patches"] = patches
+	}
+	b, err := yaml.Marshal(k)
 	if err != nil {
 		return err
 	}
-	f[dir+"/kustomization.yaml"] = append([]byte(Header+"\n"+comment+"\n"), k...)
+	f[dir+"/kustomization.yaml"] = append([]byte(Header+"\n"+comment+"\n"), b...)
 	return nil
 }
 
@@ -142,24 +174,22 @@ func splitRender(objs []*unstructured.Unstructured) split {
 // documents that it has no effect. Variants leave it as the base render wrote it.
 const helmValuesConfigMap = "values"
 
-// patchSet returns the strategic-merge patches that turn the install part of
-// base into that of v: a delete patch for each object v lacks, and a data patch
-// for each ConfigMap whose data differs. Any other difference is an error, so a
-// new kind of upstream change is reviewed instead of silently lost.
-func patchSet(base, v split) ([]*unstructured.Unstructured, error) {
+// variant returns the Component that turns the install part of from into
+// that of to: the objects to has and from lacks, a delete patch for each
+// object to lacks, and a strategic-merge patch for each object that differs.
+// The CRDs and the cluster-local gateway, which live in directories of their
+// own, must not differ.
+func variant(from, to split) (component, error) {
+	var c component
 	var errs []error
-	if !reflect.DeepEqual(base.crds, v.crds) {
-		errs = append(errs, errors.New("the CustomResourceDefinitions differ from the base render"))
+	if !reflect.DeepEqual(from.crds, to.crds) {
+		errs = append(errs, errors.New("the CustomResourceDefinitions differ"))
 	}
-	if !reflect.DeepEqual(base.gateway, v.gateway) {
-		errs = append(errs, errors.New("the cluster-local-gateway objects differ from the base render"))
+	if !reflect.DeepEqual(from.gateway, to.gateway) {
+		errs = append(errs, errors.New("the cluster-local-gateway objects differ"))
 	}
-	want := map[string]*unstructured.Unstructured{}
-	for _, o := range v.install {
-		want[object.Key(o)] = o
-	}
-	var patches []*unstructured.Unstructured
-	for _, o := range base.install {
+	want := object.Index(to.install)
+	for _, o := range from.install {
 		key := object.Key(o)
 		w, ok := want[key]
 		delete(want, key)
@@ -167,31 +197,35 @@ func patchSet(base, v split) ([]*unstructured.Unstructured, error) {
 		case !ok:
 			p := stub(o)
 			p.Object["$patch"] = "delete"
-			patches = append(patches, p)
+			c.patches = append(c.patches, p)
 		case reflect.DeepEqual(o.Object, w.Object):
 		case o.GetKind() == "ConfigMap" && o.GetName() == helmValuesConfigMap:
-		case o.GetKind() == "ConfigMap":
-			p, err := dataPatch(o, w)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			patches = append(patches, p)
 		default:
-			errs = append(errs, fmt.Errorf("%s differs from the base render beyond ConfigMap data", key))
+			p := stub(o)
+			for k, v := range strategicDiff(o.Object, w.Object, nil) {
+				if k != "metadata" {
+					p.Object[k] = v
+				} else if meta, ok := v.(map[string]any); ok {
+					for mk, mv := range meta {
+						p.Object["metadata"].(map[string]any)[mk] = mv
+					}
+				}
+			}
+			c.patches = append(c.patches, p)
 		}
 	}
-	for key := range want {
-		errs = append(errs, fmt.Errorf("%s is not in the base render", key))
+	for _, o := range want {
+		c.resources = append(c.resources, o)
 	}
-	if len(errs) == 0 && len(patches) == 0 {
-		errs = append(errs, errors.New("the render does not differ from the base render"))
+	if len(errs) == 0 && len(c.patches) == 0 && len(c.resources) == 0 {
+		errs = append(errs, errors.New("the render does not differ"))
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, err
+		return c, err
 	}
-	object.Sort(patches)
-	return patches, nil
+	object.Sort(c.patches)
+	object.Sort(c.resources)
+	return c, nil
 }
 
 func stub(o *unstructured.Unstructured) *unstructured.Unstructured {
@@ -206,29 +240,98 @@ func stub(o *unstructured.Unstructured) *unstructured.Unstructured {
 	}}
 }
 
-// dataPatch is the patch from ConfigMap a to ConfigMap b, which may differ only
-// in data: changed keys carry b's value, removed keys are set to null.
-func dataPatch(a, b *unstructured.Unstructured) (*unstructured.Unstructured, error) {
-	ad, _, _ := unstructured.NestedStringMap(a.Object, "data")
-	bd, _, _ := unstructured.NestedStringMap(b.Object, "data")
-	ac, bc := a.DeepCopy(), b.DeepCopy()
-	delete(ac.Object, "data")
-	delete(bc.Object, "data")
-	if !reflect.DeepEqual(ac.Object, bc.Object) {
-		return nil, fmt.Errorf("%s differs from the base render beyond its data", object.Key(a))
-	}
-	data := map[string]any{}
-	for k, v := range bd {
-		if ad[k] != v {
-			data[k] = v
+// strategicDiff is the strategic-merge patch from a to b: changed and added
+// fields with b's values, removed fields set to null, and lists with a merge
+// key (mergeKey) patched item by item: changed and added items, and
+// {key, $patch: delete} for removed ones. Other lists are replaced whole.
+func strategicDiff(a, b map[string]any, path []string) map[string]any {
+	out := map[string]any{}
+	for k, bv := range b {
+		av, ok := a[k]
+		switch {
+		case !ok:
+			out[k] = bv
+		case reflect.DeepEqual(av, bv):
+		default:
+			am, aIsMap := av.(map[string]any)
+			bm, bIsMap := bv.(map[string]any)
+			al, aIsList := av.([]any)
+			bl, bIsList := bv.([]any)
+			switch {
+			case aIsMap && bIsMap:
+				out[k] = strategicDiff(am, bm, append(path, k))
+			case aIsList && bIsList:
+				out[k] = listDiff(al, bl, append(path, k))
+			default:
+				out[k] = bv
+			}
 		}
 	}
-	for k := range ad {
-		if _, ok := bd[k]; !ok {
-			data[k] = nil
+	for k := range a {
+		if _, ok := b[k]; !ok {
+			out[k] = nil
 		}
 	}
-	p := stub(a)
-	p.Object["data"] = data
-	return p, nil
+	return out
+}
+
+// mergeKey is the strategic-merge key of the list at path in the pod
+// templates and Services that Istio renders, or "" for lists that a patch
+// replaces whole.
+func mergeKey(path []string) string {
+	switch path[len(path)-1] {
+	case "containers", "initContainers", "env", "volumes":
+		return "name"
+	case "volumeMounts":
+		return "mountPath"
+	case "ports":
+		if len(path) >= 2 && path[len(path)-2] == "spec" {
+			return "port" // Service ports
+		}
+		return "containerPort"
+	}
+	return ""
+}
+
+func listDiff(a, b []any, path []string) []any {
+	key := mergeKey(path)
+	if key == "" {
+		return b
+	}
+	index := func(l []any) (map[any]map[string]any, bool) {
+		m := map[any]map[string]any{}
+		for _, x := range l {
+			xm, ok := x.(map[string]any)
+			if !ok || xm[key] == nil {
+				return nil, false
+			}
+			m[xm[key]] = xm
+		}
+		return m, true
+	}
+	am, okA := index(a)
+	bm, okB := index(b)
+	if !okA || !okB {
+		return b
+	}
+	var out []any
+	for _, x := range b {
+		xm := x.(map[string]any)
+		old, ok := am[xm[key]]
+		switch {
+		case !ok:
+			out = append(out, xm)
+		case !reflect.DeepEqual(old, xm):
+			d := strategicDiff(old, xm, path)
+			d[key] = xm[key]
+			out = append(out, d)
+		}
+	}
+	for _, x := range a {
+		xm := x.(map[string]any)
+		if _, ok := bm[xm[key]]; !ok {
+			out = append(out, map[string]any{key: xm[key], "$patch": "delete"})
+		}
+	}
+	return out
 }

@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/inject"
 	"github.com/kubeflow/kfistio/internal/object"
 	"github.com/kubeflow/kfistio/internal/upstream"
@@ -51,6 +52,10 @@ var checks = []check{
 	{"F16", "Kubeflow ClusterRoles for Istio", with(partKubeflow), checkClusterRoles},
 	{"F17", "m2m-auth on the cluster-local gateway", with(partM2M), checkM2M},
 	{"F18", "Istio " + upstream.Release + " everywhere, no other Istio version", always, checkVersions},
+	{"A1", "ambient: ztunnel and the CNI node agent in ambient mode", install(func(t *target) bool { return t.overlay.Ambient }), checkZtunnel},
+	{"A2", "ambient: istiod serves ambient", install(func(t *target) bool { return t.overlay.Ambient }), checkAmbientIstiod},
+	{"A3", "ambient: pods of ambient namespaces get no sidecar", install(func(t *target) bool { return t.overlay.Ambient }), checkAmbientNamespaces},
+	{"E1", "mesh-wide Sidecar limits egress to the Kubeflow namespaces", with(partEgress), checkSidecarEgress},
 	{"INJECT", "Istio's injector on sample Kubeflow workloads", with(partInstall), checkInjection},
 	{"SCHEMA", "every object fits its schema", always, checkSchema},
 }
@@ -67,6 +72,7 @@ const (
 	runtimeDefault  = string(corev1.SeccompProfileTypeRuntimeDefault)
 	enforceLabel    = "pod-security.kubernetes.io/enforce"
 	injectionLabel  = "istio-injection"
+	dataplaneLabel  = "istio.io/dataplane-mode"
 	chartLabel      = "helm.sh/chart"
 	versionLabel    = "app.kubernetes.io/version"
 	istioReleaseHub = "gcr.io/istio-release"
@@ -118,11 +124,12 @@ func (t *target) forInjections(p *problems, fn func(key string, r injection)) {
 	}
 	for _, r := range results {
 		key := "injected " + object.Key(r.sample)
-		if r.err != nil {
+		switch {
+		case r.err != nil:
 			p.because(key, "", r.err.Error())
-			continue
+		case r.injected:
+			fn(key, r)
 		}
-		fn(key, r)
 	}
 }
 
@@ -363,7 +370,12 @@ func checkGatewaysNamespaces(t *target) []Problem {
 	if t.has(partNamespace) {
 		if n := t.require(&p, "Namespace", "", ns); n != nil {
 			expectLabel(&p, n, injectionLabel, "disabled")
-			expectLabel(&p, n, enforceLabel, "restricted")
+			// ztunnel, in istio-system in ambient mode, runs privileged.
+			level := "restricted"
+			if t.overlay.Ambient {
+				level = "privileged"
+			}
+			expectLabel(&p, n, enforceLabel, level)
 		}
 	}
 	return p
@@ -496,37 +508,59 @@ func checkGKE(t *target) []Problem {
 	if got := cniBinDir(ds); got != gkeCNIBinDir {
 		p.wrong(object.Key(ds), "volumes[cni-bin-dir].hostPath.path", got, show(gkeCNIBinDir))
 	}
-	// Otherwise the build is the default overlay's.
-	other, err := t.env.objects(t.sibling(defaultOverlayName))
+	// Otherwise the build is that of the same overlay off GKE, but for what
+	// GKE needs in addition.
+	other := t.overlay.GKEOf
+	theirs, err := t.env.objects(t.sibling(other))
 	if err != nil {
-		p.because("", "", "cannot build the "+defaultOverlayName+" overlay to compare: "+err.Error())
+		p.because("", "", "cannot build the "+other+" overlay to compare: "+err.Error())
 		return p
 	}
 	mine := object.Index(t.objs)
-	theirs := object.Index(other)
+	index := object.Index(theirs)
 	for _, key := range sortedKeys(mine) {
-		o, ok := theirs[key]
+		o, ok := index[key]
 		if !ok {
-			p.because(key, "", "not in the "+defaultOverlayName+" overlay")
+			if !gkeOnly(mine[key]) {
+				p.because(key, "", "not in the "+other+" overlay")
+			}
 			continue
 		}
 		a, b := mine[key], o
 		if key == object.Key(ds) {
 			a, b = withoutCNIBinDir(a), withoutCNIBinDir(b)
 		}
-		if !equalJSON(a.Object, b.Object) {
-			p.because(key, "", "differs from the "+defaultOverlayName+" overlay beyond the CNI binary directory")
+		if !equalJSON(object.Canonical(a.Object), object.Canonical(b.Object)) {
+			p.because(key, "", "differs from the "+other+" overlay beyond the CNI binary directory")
 		}
 	}
-	for _, key := range sortedKeys(theirs) {
+	for _, key := range sortedKeys(index) {
 		if _, ok := mine[key]; !ok {
-			p.because(key, "", "in the "+defaultOverlayName+" overlay but missing here")
+			p.because(key, "", "in the "+other+" overlay but missing here")
 		}
+	}
+	if t.overlay.Ambient && !slices.ContainsFunc(t.objs, gkeOnly) {
+		p.because("ResourceQuota/"+ns+"/*", "", "no ResourceQuota for the system-node-critical priority class: GKE does not admit ztunnel's pods in istio-system without one")
 	}
 	return p
 }
 
-const defaultOverlayName = "oauth2-proxy"
+// gkeOnly reports whether o is what GKE needs and other platforms do not: a
+// ResourceQuota that admits system-node-critical pods outside kube-system.
+func gkeOnly(o *unstructured.Unstructured) bool {
+	if o.GetKind() != "ResourceQuota" {
+		return false
+	}
+	exprs, _, _ := unstructured.NestedSlice(o.Object, "spec", "scopeSelector", "matchExpressions")
+	for _, e := range exprs {
+		m, _ := e.(map[string]any)
+		values, _ := m["values"].([]any)
+		if m["scopeName"] == "PriorityClass" && slices.Contains(values, any("system-node-critical")) {
+			return true
+		}
+	}
+	return false
+}
 
 func cniBinDir(ds *unstructured.Unstructured) string {
 	spec, err := object.PodSpec(ds)
@@ -616,7 +650,7 @@ func checkInsecure(t *target) []Problem {
 // checkKeepsBaseEnv records every env entry of istiod in istio-install/base
 // that d lacks or changes.
 func checkKeepsBaseEnv(t *target, p *problems, d *unstructured.Unstructured) {
-	base, err := t.env.objects(dirKey("istio-install/base"))
+	base, err := t.env.objects(dirSpec(build.InstallBaseDir))
 	if err != nil {
 		p.because(object.Key(d), "env", "cannot build istio-install/base to compare: "+err.Error())
 		return

@@ -78,7 +78,7 @@ func checkSchema(t *target) []Problem {
 	crds := t.objs
 	if !t.has(partCRDs) {
 		var err error
-		if crds, err = t.env.objects(dirKey(build.CRDsDir)); err != nil {
+		if crds, err = t.env.objects(dirSpec(build.CRDsDir)); err != nil {
 			p.because("", "", "cannot build "+build.CRDsDir+" for the CRD schemas: "+err.Error())
 			return p
 		}

@@ -3,6 +3,7 @@ package verify
 import (
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 
@@ -74,39 +75,69 @@ const (
 	partGateway
 	partM2M
 	partKubeflow
+	partEgress
 )
 
-// spec is a target before it is built.
+// spec is a target before it is built: an installation or a directory.
 type spec struct {
 	name, kind string
 	parts      part
 	overlay    build.Overlay
-	// key names the build of the target; sibling names the same kind of
-	// build for another overlay.
-	key     string
-	sibling func(overlay string) string
+	install    build.Installation
+	dir        string
 }
 
-const (
-	installationPrefix = "installation:"
-	dirPrefix          = "dir:"
-)
+func (s spec) key() string {
+	if s.kind == KindInstallation {
+		return "installation:" + s.install.Name()
+	}
+	return "dir:" + s.dir
+}
 
-func installationKey(overlay string) string { return installationPrefix + overlay }
-func dirKey(dir string) string              { return dirPrefix + dir }
+// sibling is the same kind of target for another overlay.
+func (s spec) sibling(overlay string) spec {
+	o, _ := build.LookupOverlay(overlay)
+	if s.kind == KindInstallation {
+		return installationSpec(build.DefaultInstallation(overlay))
+	}
+	return dirSpec(o.Path)
+}
+
+func installationSpec(in build.Installation) spec {
+	o, _ := build.LookupOverlay(in.Overlay)
+	p := partCRDs | partNamespace | partInstall | partGateway | partKubeflow
+	if slices.Contains(in.Components, "sidecar-egress") {
+		p |= partEgress
+	}
+	return spec{name: in.Name(), kind: KindInstallation, overlay: o, install: in, parts: p}
+}
+
+func dirSpec(d string) spec {
+	s := spec{name: d, kind: KindDirectory, dir: d}
+	s.parts, s.overlay = dirParts(d)
+	return s
+}
 
 func targets(opts Options) ([]spec, error) {
-	var overlays, dirs []string
+	var installs []build.Installation
+	var dirs []string
 	if len(opts.Targets) == 0 {
 		all, err := opts.Tree.Dirs()
 		if err != nil {
 			return nil, err
 		}
-		overlays, dirs = build.OverlayNames(), all
+		for _, name := range build.OverlayNames() {
+			installs = append(installs, build.DefaultInstallation(name))
+		}
+		// The opt-in component, on the default overlay.
+		egress := build.DefaultInstallation(build.DefaultOverlay)
+		egress.Components = []string{"sidecar-egress"}
+		installs = append(installs, egress)
+		dirs = all
 	}
 	for _, name := range opts.Targets {
 		if o, ok := build.LookupOverlay(name); ok {
-			overlays = append(overlays, name)
+			installs = append(installs, build.DefaultInstallation(name))
 			dirs = append(dirs, o.Path)
 			continue
 		}
@@ -118,25 +149,13 @@ func targets(opts Options) ([]spec, error) {
 		dirs = append(dirs, name)
 	}
 	var specs []spec
-	for _, name := range overlays {
-		o, _ := build.LookupOverlay(name)
-		specs = append(specs, spec{
-			name: o.Name, kind: KindInstallation, overlay: o,
-			parts: partCRDs | partNamespace | partInstall | partGateway | partKubeflow,
-			key:   installationKey(o.Name), sibling: installationKey,
-		})
+	for _, in := range installs {
+		specs = append(specs, installationSpec(in))
 	}
 	for _, d := range dirs {
-		s := spec{name: d, kind: KindDirectory, key: dirKey(d), sibling: overlayDirKey}
-		s.parts, s.overlay = dirParts(d)
-		specs = append(specs, s)
+		specs = append(specs, dirSpec(d))
 	}
 	return specs, nil
-}
-
-func overlayDirKey(overlay string) string {
-	o, _ := build.LookupOverlay(overlay)
-	return dirKey(o.Path)
 }
 
 // dirParts says which parts a directory of the tree holds. Directories it
@@ -152,6 +171,8 @@ func dirParts(dir string) (part, build.Overlay) {
 		return partCRDs, build.Overlay{}
 	case build.NamespaceDir:
 		return partNamespace, build.Overlay{}
+	case build.AmbientNamespaceDir:
+		return partNamespace, build.Overlay{Ambient: true}
 	case build.InstallBaseDir:
 		return partInstall, build.Overlay{Name: "base", Path: dir, CNI: true}
 	case build.ClusterLocalGateway:
@@ -162,6 +183,9 @@ func dirParts(dir string) (part, build.Overlay) {
 		return partKubeflow, build.Overlay{}
 	case build.ExampleDir:
 		o, _ := build.LookupOverlay(build.DefaultOverlay)
+		return partCRDs | partNamespace | partInstall | partGateway | partKubeflow, o
+	case build.ExampleDir + "/ambient":
+		o, _ := build.LookupOverlay("ambient-oauth2-proxy")
 		return partCRDs | partNamespace | partInstall | partGateway | partKubeflow, o
 	}
 	return 0, build.Overlay{}
@@ -184,23 +208,23 @@ type built struct {
 	err  error
 }
 
-// objects builds what key names ("installation:NAME" or "dir:PATH"), once.
-func (e *env) objects(key string) ([]*unstructured.Unstructured, error) {
+// objects builds s, once.
+func (e *env) objects(s spec) ([]*unstructured.Unstructured, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if b, ok := e.builds[key]; ok {
+	if b, ok := e.builds[s.key()]; ok {
 		return b.objs, b.err
 	}
 	b := &built{}
-	if overlay, ok := strings.CutPrefix(key, installationPrefix); ok {
+	if s.kind == KindInstallation {
 		var r *build.Result
-		if r, b.err = e.tree.BuildInstallation(build.DefaultInstallation(overlay)); b.err == nil {
+		if r, b.err = e.tree.BuildInstallation(s.install); b.err == nil {
 			b.objs, b.err = r.Objects()
 		}
 	} else {
-		b.objs, b.err = e.tree.BuildObjects(strings.TrimPrefix(key, dirPrefix))
+		b.objs, b.err = e.tree.BuildObjects(s.dir)
 	}
-	e.builds[key] = b
+	e.builds[s.key()] = b
 	return b.objs, b.err
 }
 
@@ -253,8 +277,11 @@ type target struct {
 // injection is one sample workload after Istio's injector.
 type injection struct {
 	sample *unstructured.Unstructured
-	pod    *corev1.PodTemplateSpec
-	err    error
+	// injected is false when no injection webhook of the build selects the
+	// sample; pod is then the sample's own.
+	injected bool
+	pod      *corev1.PodTemplateSpec
+	err      error
 }
 
 func (t *target) has(p part) bool { return t.parts&p != 0 }
@@ -278,20 +305,42 @@ func (t *target) injections() ([]injection, error) {
 		}
 		for _, s := range samples {
 			r := injection{sample: s}
-			out, err := in.Inject(s)
-			if err == nil {
-				r.pod, err = object.PodTemplate(out)
+			tpl, err := object.PodTemplate(s)
+			if err == nil && in.Selects(t.sampleNamespaceLabels(s.GetNamespace()), tpl.Labels) {
+				r.injected = true
+				var out *unstructured.Unstructured
+				if out, err = in.Inject(s); err == nil {
+					tpl, err = object.PodTemplate(out)
+				}
 			}
-			r.err = err
+			r.pod, r.err = tpl, err
 			t.injected = append(t.injected, r)
 		}
 	})
 	return t.injected, t.injectErr
 }
 
+// sampleNamespaceLabels are the labels of a sample's namespace: as the build
+// labels it, and labelled for injection, as Kubeflow labels its namespaces,
+// unless the build puts it in ambient mode.
+func (t *target) sampleNamespaceLabels(name string) map[string]string {
+	labels := map[string]string{}
+	if ns := t.get("Namespace", "", name); ns != nil {
+		for k, v := range ns.GetLabels() {
+			labels[k] = v
+		}
+	}
+	if _, ambient := labels[dataplaneLabel]; !ambient {
+		if _, set := labels[injectionLabel]; !set {
+			labels[injectionLabel] = "enabled"
+		}
+	}
+	return labels
+}
+
 // check builds s and runs every check that applies to it.
 func (e *env) check(s spec) Target {
-	objs, err := e.objects(s.key)
+	objs, err := e.objects(s)
 	if err != nil {
 		return Target{Name: s.name, Kind: s.kind, Checks: []Check{{
 			ID: "BUILD", Title: buildTitle(s), Problems: []Problem{{Reason: err.Error()}},

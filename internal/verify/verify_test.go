@@ -175,32 +175,28 @@ func setPath(m map[string]any, value any, path ...string) {
 	m[path[len(path)-1]] = value
 }
 
-// checkMutated builds the target named (an overlay's installation, or a
-// directory), applies mutate to a copy of its objects and runs every check.
-func checkMutated(t *testing.T, kind, name string, mutate func(*objects)) Target {
+// checkMutated builds the target of s, applies mutate to a copy of its
+// objects and runs every check.
+func checkMutated(t *testing.T, s spec, mutate func(*objects)) Target {
 	t.Helper()
 	e := testEnv(t)
-	specs, err := targets(Options{Tree: e.tree, Targets: []string{name}})
+	objs, err := e.objects(s)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range specs {
-		if s.kind != kind {
-			continue
-		}
-		objs, err := e.objects(s.key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m := &objects{t: t}
-		for _, o := range objs {
-			m.objs = append(m.objs, o.DeepCopy())
-		}
-		mutate(m)
-		return e.checkBuilt(s, m.objs)
+	m := &objects{t: t}
+	for _, o := range objs {
+		m.objs = append(m.objs, o.DeepCopy())
 	}
-	t.Fatalf("no %s target %s", kind, name)
-	return Target{}
+	mutate(m)
+	return e.checkBuilt(s, m.objs)
+}
+
+// inst is the installation of overlay, with components.
+func inst(overlay string, components ...string) spec {
+	in := build.DefaultInstallation(overlay)
+	in.Components = components
+	return installationSpec(in)
 }
 
 func failed(tg Target) []string {
@@ -222,84 +218,85 @@ const (
 // Each check fails, naming itself, when the one thing it guards is broken in
 // a copy of the built objects.
 func TestEachCheckFailsOnABrokenBuild(t *testing.T) {
-	inst, dir := KindInstallation, KindDirectory
-	cases := []struct {
-		name, check, kind, target string
-		mutate                    func(*objects)
-	}{
-		{"no CNI DaemonSet", "F1", inst, "oauth2-proxy", func(m *objects) { m.remove(cniKey) }},
-		{"injector without CNI", "F1", inst, "gke", func(m *objects) {
+	type testCase struct {
+		name, check string
+		target      spec
+		mutate      func(*objects)
+	}
+	cases := []testCase{
+		{"no CNI DaemonSet", "F1", inst("oauth2-proxy"), func(m *objects) { m.remove(cniKey) }},
+		{"injector without CNI", "F1", inst("gke"), func(m *objects) {
 			m.editValues(func(v map[string]any) { setPath(v, false, "pilot", "cni", "enabled") })
 		}},
-		{"native sidecars off", "F2", inst, "oauth2-proxy", func(m *objects) {
+		{"native sidecars off", "F2", inst("oauth2-proxy"), func(m *objects) {
 			m.setEnv(istiodKey, "discovery", "ENABLE_NATIVE_SIDECARS", "false")
 		}},
-		{"gateway HPA", "F3", dir, "cluster-local-gateway/base", func(m *objects) {
+		{"gateway HPA", "F3", dirSpec("cluster-local-gateway/base"), func(m *objects) {
 			m.set("HorizontalPodAutoscaler/istio-system/cluster-local-gateway", int64(10), "spec", "maxReplicas")
 		}},
-		{"gateway service ports", "F3", dir, "cluster-local-gateway/overlays/m2m-auth", func(m *objects) {
+		{"gateway service ports", "F3", dirSpec("cluster-local-gateway/overlays/m2m-auth"), func(m *objects) {
 			m.set("Service/istio-system/cluster-local-gateway", []any{map[string]any{"name": "http2", "port": int64(80), "targetPort": int64(8080)}}, "spec", "ports")
 		}},
-		{"gateway router mode", "F3", inst, "insecure", func(m *objects) {
+		{"gateway router mode", "F3", inst("insecure"), func(m *objects) {
 			m.dropEnv("Deployment/istio-system/cluster-local-gateway", "istio-proxy", "ISTIO_META_ROUTER_MODE")
 		}},
-		{"gateway RBAC", "F3", dir, "cluster-local-gateway/base", func(m *objects) {
+		{"gateway RBAC", "F3", dirSpec("cluster-local-gateway/base"), func(m *objects) {
 			m.remove("RoleBinding/istio-system/cluster-local-gateway-sds")
 		}},
-		{"egress gateway", "F4", dir, "istio-install/base", func(m *objects) {
+		{"egress gateway", "F4", dirSpec("istio-install/base"), func(m *objects) {
 			m.add("apiVersion: v1\nkind: Service\nmetadata:\n  name: istio-egressgateway\n  namespace: istio-system\n")
 		}},
-		{"PodDisruptionBudget", "F5", inst, "insecure", func(m *objects) {
+		{"PodDisruptionBudget", "F5", inst("insecure"), func(m *objects) {
 			m.add("apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata:\n  name: istiod\n  namespace: istio-system\nspec:\n  minAvailable: 1\n")
 		}},
-		{"deny-all allows", "F6", dir, "istio-install/overlays/oauth2-proxy", func(m *objects) {
+		{"deny-all allows", "F6", dirSpec("istio-install/overlays/oauth2-proxy"), func(m *objects) {
 			m.set("AuthorizationPolicy/istio-system/global-deny-all", map[string]any{"action": "ALLOW", "rules": []any{map[string]any{}}}, "spec")
 		}},
-		{"gateway policy selector", "F6", inst, "gke", func(m *objects) {
+		{"gateway policy selector", "F6", inst("gke"), func(m *objects) {
 			m.set("AuthorizationPolicy/istio-system/istio-ingressgateway", map[string]any{"app": "other"}, "spec", "selector", "matchLabels")
 		}},
-		{"LoadBalancer ingress", "F7", inst, "gke", func(m *objects) { m.set(ingressSvc, "LoadBalancer", "spec", "type") }},
-		{"namespace injected", "F7", dir, "istio-namespace/base", func(m *objects) {
+		{"LoadBalancer ingress", "F7", inst("gke"), func(m *objects) { m.set(ingressSvc, "LoadBalancer", "spec", "type") }},
+		{"namespace injected", "F7", dirSpec("istio-namespace/base"), func(m *objects) {
 			m.set("Namespace/istio-system", map[string]any{"pod-security.kubernetes.io/enforce": "restricted"}, "metadata", "labels")
 		}},
-		{"kubeflow gateway port", "F7", dir, "kubeflow-istio-resources/base", func(m *objects) {
+		{"kubeflow gateway port", "F7", dirSpec("kubeflow-istio-resources/base"), func(m *objects) {
 			m.set("Gateway/kubeflow/kubeflow-gateway", []any{map[string]any{"port": map[string]any{"number": int64(8080), "name": "http", "protocol": "HTTP"}, "hosts": []any{"*"}}}, "spec", "servers")
 		}},
-		{"keepalive", "F8", inst, "oauth2-proxy", func(m *objects) {
+		{"keepalive", "F8", inst("oauth2-proxy"), func(m *objects) {
 			m.editMesh(func(mesh map[string]any) { setPath(mesh, "20s", "tcpKeepalive", "time") })
 		}},
-		{"tracer", "F9", inst, "oauth2-proxy", func(m *objects) {
+		{"tracer", "F9", inst("oauth2-proxy"), func(m *objects) {
 			m.editMesh(func(mesh map[string]any) {
 				setPath(mesh, map[string]any{"zipkin": map[string]any{"address": "zipkin.istio-system:9411"}}, "defaultConfig", "tracing")
 			})
 		}},
-		{"mesh replaced by a copy", "F9", dir, "istio-install/overlays/insecure", func(m *objects) {
+		{"mesh replaced by a copy", "F9", dirSpec("istio-install/overlays/insecure"), func(m *objects) {
 			m.editMesh(func(mesh map[string]any) { delete(mesh, "defaultProviders") })
 		}},
-		{"debug on", "F10", dir, "istio-install/base", func(m *objects) {
+		{"debug on", "F10", dirSpec("istio-install/base"), func(m *objects) {
 			m.setEnv(istiodKey, "discovery", "ENABLE_DEBUG_ON_HTTP", "true")
 		}},
-		{"istiod seccomp", "F11", inst, "oauth2-proxy", func(m *objects) {
+		{"istiod seccomp", "F11", inst("oauth2-proxy"), func(m *objects) {
 			m.set(istiodKey, map[string]any{}, "spec", "template", "spec", "securityContext")
 		}},
-		{"sidecar seccomp", "F11", dir, "istio-install/overlays/gke", func(m *objects) {
+		{"sidecar seccomp", "F11", dirSpec("istio-install/overlays/gke"), func(m *objects) {
 			m.editValues(func(v map[string]any) { setPath(v, map[string]any{}, "global", "proxy", "seccompProfile") })
 		}},
-		{"gateway seccomp", "F11", dir, "cluster-local-gateway/base", func(m *objects) {
+		{"gateway seccomp", "F11", dirSpec("cluster-local-gateway/base"), func(m *objects) {
 			m.set("Deployment/istio-system/cluster-local-gateway", map[string]any{}, "spec", "template", "spec", "securityContext")
 		}},
-		{"privileged istiod", "F12", inst, "oauth2-proxy", func(m *objects) {
+		{"privileged istiod", "F12", inst("oauth2-proxy"), func(m *objects) {
 			m.editContainer(istiodKey, "discovery", func(c map[string]any) {
 				c["securityContext"] = map[string]any{"privileged": true}
 			})
 		}},
-		{"no ext-authz provider", "F13", inst, "insecure", func(m *objects) {
+		{"no ext-authz provider", "F13", inst("insecure"), func(m *objects) {
 			m.editMesh(func(mesh map[string]any) { delete(mesh, "extensionProviders") })
 		}},
-		{"JWKS refresh", "F13", dir, "istio-install/overlays/oauth2-proxy", func(m *objects) {
+		{"JWKS refresh", "F13", dirSpec("istio-install/overlays/oauth2-proxy"), func(m *objects) {
 			m.dropEnv(istiodKey, "discovery", "PILOT_JWT_PUB_KEY_REFRESH_INTERVAL")
 		}},
-		{"GKE bin dir", "F14", inst, "gke", func(m *objects) {
+		{"GKE bin dir", "F14", inst("gke"), func(m *objects) {
 			_ = object.EditPodSpec(m.get(cniKey), func(spec *corev1.PodSpec) {
 				for i := range spec.Volumes {
 					if spec.Volumes[i].Name == "cni-bin-dir" {
@@ -308,58 +305,81 @@ func TestEachCheckFailsOnABrokenBuild(t *testing.T) {
 				}
 			})
 		}},
-		{"GKE differs elsewhere", "F14", dir, "istio-install/overlays/gke", func(m *objects) {
+		{"GKE differs elsewhere", "F14", dirSpec("istio-install/overlays/gke"), func(m *objects) {
 			m.set(istiodKey, int64(3), "spec", "replicas")
 		}},
-		{"CNI left behind", "F15", inst, "insecure", func(m *objects) {
+		{"CNI left behind", "F15", inst("insecure"), func(m *objects) {
 			m.add("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: istio-cni\n  namespace: kube-system\n")
 		}},
-		{"istiod env replaced", "F15", dir, "istio-install/overlays/insecure", func(m *objects) {
+		{"istiod env replaced", "F15", dirSpec("istio-install/overlays/insecure"), func(m *objects) {
 			m.dropEnv(istiodKey, "discovery", "REVISION")
 		}},
-		{"injector hub", "F15", inst, "insecure", func(m *objects) {
+		{"injector hub", "F15", inst("insecure"), func(m *objects) {
 			m.editValues(func(v map[string]any) { setPath(v, "docker.io/istio", "global", "hub") })
 		}},
-		{"namespace not privileged", "F15", dir, "istio-install/overlays/insecure", func(m *objects) {
+		{"namespace not privileged", "F15", dirSpec("istio-install/overlays/insecure"), func(m *objects) {
 			m.set("Namespace/kubeflow", map[string]any{}, "metadata", "labels")
 		}},
-		{"editors may write", "F16", dir, "kubeflow-istio-resources/base", func(m *objects) {
+		{"editors may write", "F16", dirSpec("kubeflow-istio-resources/base"), func(m *objects) {
 			m.set("ClusterRole/kubeflow-istio-edit", []any{map[string]any{"apiGroups": []any{"istio.io", "networking.istio.io"}, "resources": []any{"*"}, "verbs": []any{"get", "list", "watch", "create"}}}, "rules")
 		}},
-		{"aggregated rules set", "F16", dir, "kubeflow-istio-resources/base", func(m *objects) {
+		{"aggregated rules set", "F16", dirSpec("kubeflow-istio-resources/base"), func(m *objects) {
 			m.set("ClusterRole/kubeflow-istio-admin", []any{}, "rules")
 		}},
-		{"no service-account tokens", "F17", dir, "cluster-local-gateway/overlays/m2m-auth", func(m *objects) {
+		{"no service-account tokens", "F17", dirSpec("cluster-local-gateway/overlays/m2m-auth"), func(m *objects) {
 			m.remove("RequestAuthentication/istio-system/cluster-local-gateway-jwt")
 		}},
-		{"m2m allows all", "F17", dir, "cluster-local-gateway/overlays/m2m-auth", func(m *objects) {
+		{"m2m allows all", "F17", dirSpec("cluster-local-gateway/overlays/m2m-auth"), func(m *objects) {
 			m.set("AuthorizationPolicy/istio-system/cluster-local-gateway", []any{map[string]any{}}, "spec", "rules")
 		}},
-		{"stale image", "F18", inst, "oauth2-proxy", func(m *objects) {
+		{"stale image", "F18", inst("oauth2-proxy"), func(m *objects) {
 			m.editContainer(istiodKey, "discovery", func(c map[string]any) { c["image"] = "gcr.io/istio-release/pilot:1.28.3" })
 		}},
-		{"stale chart label", "F18", dir, "istio-crds/base", func(m *objects) {
+		{"stale chart label", "F18", dirSpec("istio-crds/base"), func(m *objects) {
 			m.set("CustomResourceDefinition/gateways.networking.istio.io", "base-1.28.3", "metadata", "labels", "helm.sh/chart")
 		}},
-		{"proxy from another hub", "INJECT", inst, "oauth2-proxy", func(m *objects) {
+		{"no ztunnel", "A1", inst("ambient"), func(m *objects) { m.remove("DaemonSet/istio-system/ztunnel") }},
+		{"CNI agent not in ambient mode", "A1", dirSpec("istio-install/overlays/ambient-oauth2-proxy"), func(m *objects) {
+			m.set("ConfigMap/kube-system/istio-cni-config", "false", "data", "AMBIENT_ENABLED")
+		}},
+		{"istiod without ambient", "A2", dirSpec("istio-install/overlays/ambient"), func(m *objects) {
+			m.dropEnv(istiodKey, "discovery", "PILOT_ENABLE_AMBIENT")
+		}},
+		{"kubeflow not ambient", "A3", inst("ambient-oauth2-proxy"), func(m *objects) {
+			m.set("Namespace/kubeflow", map[string]any{}, "metadata", "labels")
+		}},
+		{"ambient namespace injected", "A3", inst("ambient"), func(m *objects) {
+			m.set("Namespace/kubeflow", map[string]any{"istio.io/dataplane-mode": "ambient", "istio-injection": "enabled"}, "metadata", "labels")
+		}},
+		{"GKE quota missing", "F14", inst("ambient-gke"), func(m *objects) { m.remove("ResourceQuota/istio-system/ztunnel") }},
+		{"ambient namespace restricted", "F7", dirSpec("istio-namespace/overlays/ambient"), func(m *objects) {
+			m.set("Namespace/istio-system", "restricted", "metadata", "labels", "pod-security.kubernetes.io/enforce")
+		}},
+		{"no egress exception", "E1", inst("oauth2-proxy", "sidecar-egress"), func(m *objects) {
+			m.remove("Sidecar/kubeflow/notebook-controller")
+		}},
+		{"egress unlimited", "E1", inst("oauth2-proxy", "sidecar-egress"), func(m *objects) {
+			m.set("Sidecar/istio-system/default", []any{map[string]any{"hosts": []any{"*/*"}}}, "spec", "egress")
+		}},
+		{"proxy from another hub", "INJECT", inst("oauth2-proxy"), func(m *objects) {
 			m.editValues(func(v map[string]any) { setPath(v, "docker.io/istio", "global", "hub") })
 		}},
-		{"privileged sidecar", "INJECT", dir, "istio-install/overlays/gke", func(m *objects) {
+		{"privileged sidecar", "INJECT", dirSpec("istio-install/overlays/gke"), func(m *objects) {
 			m.editValues(func(v map[string]any) { setPath(v, true, "global", "proxy", "privileged") })
 		}},
-		{"unknown field", "SCHEMA", dir, "istio-install/base", func(m *objects) {
+		{"unknown field", "SCHEMA", dirSpec("istio-install/base"), func(m *objects) {
 			m.set("Gateway/istio-system/istio-ingressgateway", map[string]any{"app": "x"}, "spec", "selectr")
 		}},
-		{"wrong type", "SCHEMA", inst, "gke", func(m *objects) {
+		{"wrong type", "SCHEMA", inst("gke"), func(m *objects) {
 			m.set(istiodKey, "two", "spec", "replicas")
 		}},
-		{"unknown built-in field", "SCHEMA", dir, "cluster-local-gateway/base", func(m *objects) {
+		{"unknown built-in field", "SCHEMA", dirSpec("cluster-local-gateway/base"), func(m *objects) {
 			m.set("Service/istio-system/cluster-local-gateway", "x", "spec", "typo")
 		}},
 	}
 	for _, c := range cases {
 		t.Run(c.check+" "+c.name, func(t *testing.T) {
-			tg := checkMutated(t, c.kind, c.target, c.mutate)
+			tg := checkMutated(t, c.target, c.mutate)
 			if !slices.Contains(failed(tg), c.check) {
 				var b strings.Builder
 				_ = (&Report{Targets: []Target{tg}}).WriteText(&b)
@@ -369,12 +389,7 @@ func TestEachCheckFailsOnABrokenBuild(t *testing.T) {
 	}
 	// Every check has a case.
 	for _, ch := range checks {
-		if !slices.ContainsFunc(cases, func(c struct {
-			name, check, kind, target string
-			mutate                    func(*objects)
-		}) bool {
-			return c.check == ch.id
-		}) {
+		if !slices.ContainsFunc(cases, func(c testCase) bool { return c.check == ch.id }) {
 			t.Errorf("check %s has no failing case", ch.id)
 		}
 	}
@@ -403,6 +418,10 @@ func TestRemovingAKubeflowChangeFailsItsFact(t *testing.T) {
 		{"kubeflow-istio-resources/base/kustomization.yaml", "- cluster-roles.yaml", []string{"kubeflow-istio-resources/base"}, "F16"},
 		{"istio-namespace/base/namespace.yaml", "    pod-security.kubernetes.io/enforce: restricted", []string{"istio-namespace/base"}, "F7"},
 		{"istio-install/base/kustomization.yaml", "- install.yaml", []string{"istio-install/base"}, "BUILD"},
+		{"istio-install/overlays/ambient-gke/kustomization.yaml", "- ../../components/ambient-gke", []string{"istio-install/overlays/ambient-gke"}, "F14"},
+		{"istio-install/components/ambient/kustomization.yaml", "- namespaces.yaml", []string{"istio-install/overlays/ambient"}, "A3"},
+		{"istio-install/components/ambient/kustomization.yaml", "- upstream", []string{"istio-install/overlays/ambient"}, "A1"},
+		{"istio-namespace/overlays/ambient/kustomization.yaml", "- path: privileged.yaml", []string{"ambient"}, "F12"},
 	}
 	for _, c := range cases {
 		t.Run(c.want+" "+c.file+" "+strings.TrimSpace(c.line), func(t *testing.T) {
