@@ -46,23 +46,33 @@ ratio "$kw" "$km" "$cw" "$cm"
 
 echo
 echo "2. verify everything against building everything"
-# The same builds verify makes: every directory, and one installation per overlay.
-dirs=$("$kfistio" build no-such-overlay 2>&1 | sed -n 's/.*directories of the embedded tree: //p' | tr -d ',' || true)
+# The same builds verify makes: every directory, one installation per overlay,
+# and the default installation with the opt-in egress component.
+listing=$("$kfistio" build no-such-overlay 2>&1 || true)
+dirs=$(echo "$listing" | sed -n 's/.*directories of the embedded tree: //p' | tr -d ',')
+overlays=$(echo "$listing" | sed -n 's/.*overlays: //p' | tr -d ',')
+installation() { # name overlay [component]
+  local d=_output/bench/installation-$1 ns=istio-namespace/base
+  case $2 in ambient*) ns=istio-namespace/overlays/ambient ;; esac
+  mkdir -p "$d"
+  {
+    echo "resources:"
+    for r in istio-crds/base "$ns" "istio-install/overlays/$2" cluster-local-gateway/base kubeflow-istio-resources/base; do
+      echo "- ../../../manifests/$r"
+    done
+    if [ -n "${3:-}" ]; then printf 'components:\n- ../../../manifests/istio-install/components/%s\n' "$3"; fi
+  } >"$d/kustomization.yaml"
+  echo "kubectl kustomize $d >/dev/null"
+}
 {
   echo "set -e"
   for d in $dirs; do echo "kubectl kustomize manifests/$d >/dev/null"; done
-  for o in oauth2-proxy gke insecure; do
-    d=_output/bench/installation-$o
-    mkdir -p "$d"
-    printf 'resources:\n- ../../../manifests/%s\n' istio-crds/base istio-namespace/base \
-      "istio-install/overlays/$o" cluster-local-gateway/base kubeflow-istio-resources/base |
-      sed '2,$s/^resources:$//' | grep -v '^$' >"$d/kustomization.yaml"
-    echo "kubectl kustomize $d >/dev/null"
-  done
+  for o in $overlays; do installation "$o" "$o"; done
+  installation egress oauth2-proxy sidecar-egress
 } >"$tmp/kustomize-all.sh"
 measure "$kfistio" verify; vw=$wall; vm=$rss
 measure bash "$tmp/kustomize-all.sh"; aw=$wall; am=$rss
-row "kfistio verify ($(echo $dirs | wc -w) directories, 3 installations)" "$vw" "$vm"
+row "kfistio verify ($(echo $dirs | wc -w) directories, $(( $(echo $overlays | wc -w) + 1 )) installations)" "$vw" "$vm"
 row "kubectl kustomize of the same builds" "$aw" "$am"
 ratio "$vw" "$vm" "$aw" "$am"
 

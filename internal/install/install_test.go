@@ -3,6 +3,7 @@ package install
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -537,5 +538,41 @@ func TestAmbient(t *testing.T) {
 	ns, _ := in.Client.Kube.CoreV1().Namespaces().Get(ctx, "istio-system", metav1.GetOptions{})
 	if ns.Labels["pod-security.kubernetes.io/enforce"] != "restricted" {
 		t.Errorf("istio-system labels %v after leaving ambient", ns.Labels)
+	}
+}
+
+// When pods cannot run, the install says which objects are not ready and
+// why, from their pods.
+func TestNotReadyExplained(t *testing.T) {
+	ctx := context.Background()
+	in, _ := admin(t)
+	cordon := func(on bool) {
+		for _, n := range []string{"node-a", "node-b"} {
+			patch := []byte(fmt.Sprintf(`{"spec":{"unschedulable":%t}}`, on))
+			if _, err := in.Client.Kube.CoreV1().Nodes().Patch(ctx, n, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cordon(true)
+	t.Cleanup(func() { cordon(false); purge(t) })
+	o := options(t, "oauth2-proxy")
+	o.Timeout = 5 * time.Second
+	_, err := in.Install(ctx, o)
+	var nr *NotReadyError
+	if !errors.As(err, &nr) {
+		t.Fatalf("install on cordoned nodes: %v", err)
+	}
+	found := false
+	for _, n := range nr.Objects {
+		if n.Object == istiodKey && strings.Contains(n.Reason, "Pending") && strings.Contains(n.Reason, "Unschedulable") {
+			found = true
+		}
+		if n.Object == cniKey {
+			t.Errorf("the CNI DaemonSet runs on cordoned nodes, yet: %s", n.Reason)
+		}
+	}
+	if !found {
+		t.Errorf("istiod not explained: %v", err)
 	}
 }

@@ -3,10 +3,11 @@ package object
 import "sort"
 
 // Canonical returns v (a decoded object or part of one) in a form where two
-// values that mean the same to the API server are equal: null fields are
-// dropped, and lists of items keyed by name or mountPath (containers, env,
-// volumes, mounts) are sorted by that key, as their order means nothing and
-// strategic-merge patches reorder them.
+// values that mean the same to the API server are equal: null fields and
+// empty labels or annotations of metadata are dropped, and lists of items
+// keyed by name or mountPath (containers, env, volumes, mounts) are sorted by
+// that key, as their order means nothing and strategic-merge patches reorder
+// them.
 func Canonical(v any) any {
 	switch x := v.(type) {
 	case map[string]any:
@@ -14,6 +15,13 @@ func Canonical(v any) any {
 		for k, e := range x {
 			if e != nil {
 				out[k] = Canonical(e)
+			}
+		}
+		if meta, ok := out["metadata"].(map[string]any); ok {
+			for _, k := range []string{"labels", "annotations"} {
+				if m, ok := meta[k].(map[string]any); ok && len(m) == 0 {
+					delete(meta, k)
+				}
 			}
 		}
 		return out
