@@ -9,6 +9,7 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
@@ -119,10 +120,16 @@ func (in *Installer) customResources(ctx context.Context, refs []Ref) ([]string,
 			probe.SetAPIVersion(group + "/" + fmt.Sprint(vm["name"]))
 			probe.SetKind(kind)
 			m, err := in.Client.Mapping(probe.GroupVersionKind())
+			if meta.IsNoMatchError(err) {
+				continue // not served (its names were refused): nothing of it exists
+			}
 			if err != nil {
 				return nil, err
 			}
 			list, err := in.Client.Dynamic.Resource(m.Resource).List(ctx, metav1.ListOptions{})
+			if apierrors.IsNotFound(err) {
+				continue
+			}
 			if err != nil {
 				return nil, fmt.Errorf("list %s: %w", m.Resource, err)
 			}
