@@ -78,5 +78,5 @@ ratio "$vw" "$vm" "$aw" "$am"
 
 echo
 echo "3. sync"
-measure "$kfistio" sync; row "kfistio sync (render 3 times, split, write)" "$wall" "$rss"
+measure "$kfistio" sync; row "kfistio sync (5 renders, split, write)" "$wall" "$rss"
 measure "$kfistio" sync --check; row "kfistio sync --check" "$wall" "$rss"
