@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 )
 
@@ -143,4 +144,13 @@ func optionalNames() []string {
 
 func unknownOverlay(name string) error {
 	return fmt.Errorf("unknown overlay %q: choose one of %v", name, OverlayNames())
+}
+
+// InstallationObjects is BuildInstallation followed by Objects.
+func (t *Tree) InstallationObjects(in Installation) ([]*unstructured.Unstructured, error) {
+	r, err := t.BuildInstallation(in)
+	if err != nil {
+		return nil, err
+	}
+	return r.Objects()
 }

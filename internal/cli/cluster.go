@@ -105,11 +105,7 @@ func (f *installationFlags) resolve(ctx context.Context, c *kube.Client, progres
 	if err != nil {
 		return in, nil, err
 	}
-	res, err := tree.BuildInstallation(in)
-	if err != nil {
-		return in, nil, err
-	}
-	objs, err := res.Objects()
+	objs, err := tree.InstallationObjects(in)
 	return in, objs, err
 }
 

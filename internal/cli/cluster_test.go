@@ -1,62 +1,33 @@
 package cli
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/kubeflow/kfistio/internal/testcluster"
 )
 
-var (
-	clusterOnce sync.Once
-	gkeCluster  *testcluster.Cluster
-	clusterErr  error
-	clusterDir  string
-)
+var gkeCluster *testcluster.Cluster
 
+// TestMain starts a control plane whose nodes look like GKE's.
 func TestMain(m *testing.M) {
-	code := m.Run()
-	if gkeCluster != nil {
-		_ = gkeCluster.Stop()
+	var nodes []testcluster.Node
+	for i := 0; i < 2; i++ {
+		nodes = append(nodes, testcluster.Node{Name: fmt.Sprintf("gke-kubeflow-pool-%d", i),
+			Labels:     map[string]string{"cloud.google.com/gke-nodepool": "default-pool"},
+			ProviderID: fmt.Sprintf("gce://kubeflow/us-central1-a/gke-kubeflow-pool-%d", i)})
 	}
-	if clusterDir != "" {
-		_ = os.RemoveAll(clusterDir)
-	}
-	os.Exit(code)
+	os.Exit(testcluster.Main(m, nodes, func(c *testcluster.Cluster) error {
+		gkeCluster = c
+		return nil
+	}))
 }
 
-// cluster starts, once, a control plane whose nodes look like GKE's.
-func cluster(t *testing.T) *testcluster.Cluster {
-	t.Helper()
-	clusterOnce.Do(func() {
-		clusterDir, clusterErr = os.MkdirTemp("", "kfistio-cli-test-")
-		if clusterErr != nil {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if gkeCluster, clusterErr = testcluster.Start(ctx, clusterDir); clusterErr != nil {
-			return
-		}
-		var nodes []testcluster.Node
-		for i := 0; i < 2; i++ {
-			nodes = append(nodes, testcluster.Node{Name: fmt.Sprintf("gke-kubeflow-pool-%d", i),
-				Labels:     map[string]string{"cloud.google.com/gke-nodepool": "default-pool"},
-				ProviderID: fmt.Sprintf("gce://kubeflow/us-central1-a/gke-kubeflow-pool-%d", i)})
-		}
-		clusterErr = gkeCluster.AddNodes(ctx, nodes...)
-	})
-	if clusterErr != nil {
-		t.Fatal(clusterErr)
-	}
-	return gkeCluster
-}
+// cluster is the control plane of the package's tests.
+func cluster(*testing.T) *testcluster.Cluster { return gkeCluster }
 
 // On nodes that look like GKE's, install picks the gke overlay and says why;
 // progress goes to stderr and the change set to stdout; status, diff and

@@ -37,12 +37,9 @@ pods when it is not ready), and whether the cluster drifted from the tree.`,
 			if err != nil {
 				return err
 			}
-			res, err := tree.BuildInstallation(build.Installation{Overlay: inv.Overlay, ClusterLocalGateway: inv.ClusterLocalGateway,
-				M2MAuth: inv.M2MAuth, KubeflowResources: inv.KubeflowResources, Components: inv.Components})
-			if err != nil {
-				return err
-			}
-			objs, err := res.Objects()
+			installed := build.Installation{Overlay: inv.Overlay, ClusterLocalGateway: inv.ClusterLocalGateway,
+				M2MAuth: inv.M2MAuth, KubeflowResources: inv.KubeflowResources, Components: inv.Components}
+			objs, err := tree.InstallationObjects(installed)
 			if err != nil {
 				return err
 			}
@@ -55,7 +52,7 @@ pods when it is not ready), and whether the cluster drifted from the tree.`,
 				if !inv.Complete {
 					complete = "incomplete: an install was interrupted; run kfistio install again"
 				}
-				fmt.Fprintf(s.Out, "Overlay:  %s\nIstio:    %s (installed by kfistio %s)\nInstall:  %s\n", res.Dir, inv.IstioRelease, inv.KfistioVersion, complete)
+				fmt.Fprintf(s.Out, "Overlay:  %s\nIstio:    %s (installed by kfistio %s)\nInstall:  %s\n", installed.Name(), inv.IstioRelease, inv.KfistioVersion, complete)
 				fmt.Fprintln(s.Out, "Components:")
 				for _, comp := range st.Components {
 					mark := "✓"

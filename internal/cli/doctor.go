@@ -144,11 +144,7 @@ func doctorFiles(s Streams, paths []string, inst build.Installation, manifests s
 	if err != nil {
 		return nil, err
 	}
-	res, err := tree.BuildInstallation(inst)
-	if err != nil {
-		return nil, err
-	}
-	objs, err := res.Objects()
+	objs, err := tree.InstallationObjects(inst)
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -354,24 +355,27 @@ func (cl *clusterCheck) webhookCABundles(ctx context.Context) error {
 		}
 	}
 	for _, w := range mw.Items {
-		var empty []string
-		for _, h := range w.Webhooks {
-			if len(h.ClientConfig.CABundle) == 0 {
-				empty = append(empty, h.Name)
-			}
-		}
-		report("MutatingWebhookConfiguration", w.Name, empty)
+		report("MutatingWebhookConfiguration", w.Name, withoutCABundle(w.Webhooks, func(h admissionv1.MutatingWebhook) (string, []byte) {
+			return h.Name, h.ClientConfig.CABundle
+		}))
 	}
 	for _, w := range vw.Items {
-		var empty []string
-		for _, h := range w.Webhooks {
-			if len(h.ClientConfig.CABundle) == 0 {
-				empty = append(empty, h.Name)
-			}
-		}
-		report("ValidatingWebhookConfiguration", w.Name, empty)
+		report("ValidatingWebhookConfiguration", w.Name, withoutCABundle(w.Webhooks, func(h admissionv1.ValidatingWebhook) (string, []byte) {
+			return h.Name, h.ClientConfig.CABundle
+		}))
 	}
 	return nil
+}
+
+// withoutCABundle names the webhooks whose CA bundle is empty.
+func withoutCABundle[W any](hooks []W, of func(W) (string, []byte)) []string {
+	var out []string
+	for _, h := range hooks {
+		if name, ca := of(h); len(ca) == 0 {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // injectedNamespaces returns the namespaces whose pods istiod injects.

@@ -27,32 +27,12 @@ var (
 // TestMain starts a control plane with two fake nodes; each test installs
 // what it needs.
 func TestMain(m *testing.M) {
-	os.Exit(runTests(m))
-}
-
-func runTests(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "kfistio-doctor-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer func() { _ = os.RemoveAll(dir) }()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if cluster, err = testcluster.Start(ctx, dir); err != nil {
-		fmt.Fprintln(os.Stderr, "cluster tests cannot run:", err)
-		return 1
-	}
-	defer func() { _ = cluster.Stop() }()
-	if err := cluster.AddNodes(ctx, testcluster.Node{Name: "node-a"}, testcluster.Node{Name: "node-b"}); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if client, err = kube.Connect(ctx, kube.Options{Kubeconfig: cluster.Kubeconfig}); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return m.Run()
+	os.Exit(testcluster.Main(m, []testcluster.Node{{Name: "node-a"}, {Name: "node-b"}}, func(c *testcluster.Cluster) error {
+		cluster = c
+		var err error
+		client, err = kube.Connect(context.Background(), kube.Options{Kubeconfig: c.Kubeconfig})
+		return err
+	}))
 }
 
 // installOverlay installs overlay and does what istiod does once it runs:
@@ -65,11 +45,7 @@ func installOverlay(t *testing.T, overlay string) {
 		t.Fatal(err)
 	}
 	inst := build.DefaultInstallation(overlay)
-	res, err := tree.BuildInstallation(inst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs, err := res.Objects()
+	objs, err := tree.InstallationObjects(inst)
 	if err != nil {
 		t.Fatal(err)
 	}

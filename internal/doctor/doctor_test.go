@@ -29,11 +29,7 @@ func options(t *testing.T, overlay string) WorkloadOptions {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := tree.BuildInstallation(build.DefaultInstallation(overlay))
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs, err := res.Objects()
+	objs, err := tree.InstallationObjects(build.DefaultInstallation(overlay))
 	if err != nil {
 		t.Fatal(err)
 	}

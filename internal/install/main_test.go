@@ -2,7 +2,6 @@ package install
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -19,33 +18,10 @@ import (
 var cluster *testcluster.Cluster
 
 func TestMain(m *testing.M) {
-	os.Exit(runTests(m))
-}
-
-func runTests(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "kfistio-install-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer func() { _ = os.RemoveAll(dir) }()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cluster, err = testcluster.Start(ctx, dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "cluster tests cannot run:", err)
-		return 1
-	}
-	defer func() { _ = cluster.Stop() }()
-	if err := cluster.AddNodes(ctx, testcluster.Node{Name: "node-a"}, testcluster.Node{Name: "node-b"}); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	code := m.Run()
-	if code != 0 {
-		fmt.Fprintln(os.Stderr, cluster.Logs())
-	}
-	return code
+	os.Exit(testcluster.Main(m, []testcluster.Node{{Name: "node-a"}, {Name: "node-b"}}, func(c *testcluster.Cluster) error {
+		cluster = c
+		return nil
+	}))
 }
 
 // installer connects to the test cluster as kubeconfig's user, counting
@@ -72,11 +48,7 @@ func objects(t *testing.T, overlay string) (build.Installation, []*unstructured.
 		t.Fatal(err)
 	}
 	in := build.DefaultInstallation(overlay)
-	res, err := tree.BuildInstallation(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs, err := res.Objects()
+	objs, err := tree.InstallationObjects(in)
 	if err != nil {
 		t.Fatal(err)
 	}

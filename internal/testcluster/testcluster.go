@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -416,4 +417,41 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
+}
+
+// Main runs the tests of a package against one cluster with nodes, started
+// before and stopped after them; setup, if set, runs once the cluster is up.
+// It returns the exit code for os.Exit. When the cluster cannot start (the
+// binaries are not built) the tests fail, saying how to build them; when a
+// test fails, the logs of the control plane are printed.
+func Main(m *testing.M, nodes []Node, setup func(*Cluster) error) int {
+	dir, err := os.MkdirTemp("", "kfistio-cluster-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := Start(ctx, dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cluster tests cannot run:", err)
+		return 1
+	}
+	defer func() { _ = c.Stop() }()
+	if err := c.AddNodes(ctx, nodes...); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if setup != nil {
+		if err := setup(c); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
+	code := m.Run()
+	if code != 0 {
+		fmt.Fprintln(os.Stderr, c.Logs())
+	}
+	return code
 }

@@ -45,14 +45,6 @@ func checkZtunnel(t *target) []Problem {
 	return p
 }
 
-func checkAmbientIstiod(t *target) []Problem {
-	var p problems
-	if d := t.require(&p, "Deployment", ns, istiod); d != nil {
-		expectEnv(&p, d, discovery, "PILOT_ENABLE_AMBIENT", "true")
-	}
-	return p
-}
-
 // checkAmbientNamespaces checks that the samples that run in namespaces the
 // build puts in ambient mode are left to ztunnel: no webhook injects them.
 func checkAmbientNamespaces(t *target) []Problem {

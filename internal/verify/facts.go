@@ -43,7 +43,7 @@ var checks = []check{
 	{"F7", "gateways and namespaces", func(t *target) bool { return t.has(partInstall | partNamespace | partKubeflow) }, checkGatewaysNamespaces},
 	{"F8", "TCP keepalive in the mesh config", with(partInstall), checkKeepalive},
 	{"F9", "tracing off, upstream mesh settings kept", with(partInstall), checkTracing},
-	{"F10", "istiod debug endpoints off", with(partInstall), checkDebugOff},
+	{"F10", "istiod debug endpoints off", with(partInstall), istiodEnv("ENABLE_DEBUG_ON_HTTP", "false")},
 	{"F11", "seccomp RuntimeDefault", func(t *target) bool { return t.has(partInstall | partGateway) }, checkSeccomp},
 	{"F12", "Pod Security Standards of every pod template", always, checkPodSecurity},
 	{"F13", "oauth2-proxy external authorization", install(func(t *target) bool { return t.overlay.OAuth2Proxy }), checkOAuth2Proxy},
@@ -53,7 +53,7 @@ var checks = []check{
 	{"F17", "m2m-auth on the cluster-local gateway", with(partM2M), checkM2M},
 	{"F18", "Istio " + upstream.Release + " everywhere, no other Istio version", always, checkVersions},
 	{"A1", "ambient: ztunnel and the CNI node agent in ambient mode", install(func(t *target) bool { return t.overlay.Ambient }), checkZtunnel},
-	{"A2", "ambient: istiod serves ambient", install(func(t *target) bool { return t.overlay.Ambient }), checkAmbientIstiod},
+	{"A2", "ambient: istiod serves ambient", install(func(t *target) bool { return t.overlay.Ambient }), istiodEnv("PILOT_ENABLE_AMBIENT", "true")},
 	{"A3", "ambient: pods of ambient namespaces get no sidecar", install(func(t *target) bool { return t.overlay.Ambient }), checkAmbientNamespaces},
 	{"E1", "mesh-wide Sidecar limits egress to the Kubeflow namespaces", with(partEgress), checkSidecarEgress},
 	{"INJECT", "Istio's injector on sample Kubeflow workloads", with(partInstall), checkInjection},
@@ -422,12 +422,16 @@ func checkTracing(t *target) []Problem {
 	return p
 }
 
-func checkDebugOff(t *target) []Problem {
-	var p problems
-	if d := t.require(&p, "Deployment", ns, istiod); d != nil {
-		expectEnv(&p, d, discovery, "ENABLE_DEBUG_ON_HTTP", "false")
+// istiodEnv is the check that istiod's discovery container sets env name to
+// value.
+func istiodEnv(name, value string) func(*target) []Problem {
+	return func(t *target) []Problem {
+		var p problems
+		if d := t.require(&p, "Deployment", ns, istiod); d != nil {
+			expectEnv(&p, d, discovery, name, value)
+		}
+		return p
 	}
-	return p
 }
 
 func checkSeccomp(t *target) []Problem {

@@ -217,10 +217,7 @@ func (e *env) objects(s spec) ([]*unstructured.Unstructured, error) {
 	}
 	b := &built{}
 	if s.kind == KindInstallation {
-		var r *build.Result
-		if r, b.err = e.tree.BuildInstallation(s.install); b.err == nil {
-			b.objs, b.err = r.Objects()
-		}
+		b.objs, b.err = e.tree.InstallationObjects(s.install)
 	} else {
 		b.objs, b.err = e.tree.BuildObjects(s.dir)
 	}
