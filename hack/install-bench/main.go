@@ -105,7 +105,7 @@ func run(retry time.Duration) error {
 		out, err := kubectl("create", "namespace", "kubeflow")
 		log.WriteString(out)
 		if err != nil {
-			return fmt.Errorf("kubectl create namespace: %v\n%s", err, out)
+			return fmt.Errorf("kubectl create namespace: %w\n%s", err, out)
 		}
 		attempts := 0
 		for {
@@ -116,7 +116,7 @@ func run(retry time.Duration) error {
 				break
 			}
 			if attempts == 10 {
-				return fmt.Errorf("kubectl apply failed 10 times: %v\n%s", err, tail(out))
+				return fmt.Errorf("kubectl apply failed 10 times: %w\n%s", err, tail(out))
 			}
 			time.Sleep(retry)
 		}
@@ -128,7 +128,7 @@ func run(retry time.Duration) error {
 			out, err := kubectl(args...)
 			log.WriteString(out)
 			if err != nil {
-				return fmt.Errorf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+				return fmt.Errorf("kubectl %s: %w\n%s", strings.Join(args, " "), err, out)
 			}
 		}
 		fmt.Printf("%-34s %9.2fs  %s (%d apply attempts, %s apart)\n", "kubectl apply loop + kubectl wait", time.Since(start).Seconds(), countKubectl(log.String()), attempts, retry)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -44,6 +45,10 @@ func (o Overlay) NamespaceDir() string {
 	}
 	return NamespaceDir
 }
+
+// GKECNIBinDir is where the GKE overlays put the CNI plugin: GKE mounts
+// /opt/cni/bin read-only.
+const GKECNIBinDir = "/home/kubernetes/bin"
 
 // DefaultOverlay is the overlay installed when none is named.
 const DefaultOverlay = "oauth2-proxy"
@@ -155,6 +160,8 @@ func Dir(dir string) (*Tree, error) {
 // a Kustomization; kustomize Components build only as part of one), relative to
 // the root, sorted.
 func (t *Tree) Dirs() ([]string, error) {
+	krustyMu.Lock()
+	defer krustyMu.Unlock()
 	var dirs []string
 	err := t.fs.Walk(t.root, func(p string, info fs.FileInfo, err error) error {
 		if err != nil {
@@ -182,17 +189,16 @@ func (t *Tree) isComponent(file string) bool {
 	return yaml.Unmarshal(b, &k) == nil && k.Kind == "Component"
 }
 
-func isKustomization(name string) bool {
-	switch name {
-	case "kustomization.yaml", "kustomization.yml", "Kustomization":
-		return true
-	}
-	return false
-}
+// kustomizationFiles are the names kustomize reads a kustomization from.
+var kustomizationFiles = []string{"kustomization.yaml", "kustomization.yml", "Kustomization"}
+
+func isKustomization(name string) bool { return slices.Contains(kustomizationFiles, name) }
 
 // Has reports whether dir (relative to the root) is a kustomization directory.
 func (t *Tree) Has(dir string) bool {
-	for _, name := range []string{"kustomization.yaml", "kustomization.yml", "Kustomization"} {
+	krustyMu.Lock()
+	defer krustyMu.Unlock()
+	for _, name := range kustomizationFiles {
 		if t.fs.Exists(t.path(dir) + "/" + name) {
 			return true
 		}
@@ -252,7 +258,8 @@ func jsonValue(v any) any {
 	return v
 }
 
-// krusty keeps shared OpenAPI state and is not safe for concurrent use.
+// krusty keeps shared OpenAPI state and is not safe for concurrent use; the
+// lock also guards the in-memory file systems, which installations write to.
 var krustyMu sync.Mutex
 
 // Build runs kustomize on dir, a directory relative to the tree root.

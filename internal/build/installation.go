@@ -102,7 +102,7 @@ func (t *Tree) BuildInstallation(in Installation) (*Result, error) {
 	for _, c := range in.Components {
 		p, ok := OptionalComponents[c]
 		if !ok {
-			return nil, fmt.Errorf("unknown component %q: choose from %s", c, strings.Join(optionalNames(), ", "))
+			return nil, fmt.Errorf("unknown component %q: choose from %s", c, strings.Join(OptionalComponentNames(), ", "))
 		}
 		components = append(components, path.Join("../..", path.Base(t.root), p))
 	}
@@ -132,8 +132,8 @@ func (t *Tree) BuildInstallation(in Installation) (*Result, error) {
 	return res, nil
 }
 
-// optionalNames returns the names of OptionalComponents, sorted.
-func optionalNames() []string {
+// OptionalComponentNames returns the names of OptionalComponents, sorted.
+func OptionalComponentNames() []string {
 	var names []string
 	for n := range OptionalComponents {
 		names = append(names, n)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"sort"
 	"strings"
 	"time"
 
@@ -26,7 +25,11 @@ type clusterFlags struct {
 func (f *clusterFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
 	cmd.Flags().StringVar(&f.context, "context", "", "kubeconfig context (default: the current context)")
-	cmd.Flags().DurationVar(&f.timeout, "timeout", install.DefaultTimeout, "how long to wait for each stage to become ready")
+}
+
+// addTimeout adds --timeout, for the commands that wait.
+func (f *clusterFlags) addTimeout(cmd *cobra.Command, what string) {
+	cmd.Flags().DurationVar(&f.timeout, "timeout", install.DefaultTimeout, what)
 }
 
 // connect connects to the cluster; the API server's warnings go to warnings.
@@ -109,14 +112,7 @@ func (f *installationFlags) resolve(ctx context.Context, c *kube.Client, progres
 	return in, objs, err
 }
 
-func componentNames() string {
-	var names []string
-	for n := range build.OptionalComponents {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return strings.Join(names, ", ")
-}
+func componentNames() string { return strings.Join(build.OptionalComponentNames(), ", ") }
 
 // progressFunc turns install events into ✓/✗ lines on w.
 func progressFunc(w io.Writer) func(install.Event) {

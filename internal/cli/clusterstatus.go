@@ -7,7 +7,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/install"
 	"github.com/kubeflow/kfistio/internal/kube"
 )
@@ -37,8 +36,7 @@ pods when it is not ready), and whether the cluster drifted from the tree.`,
 			if err != nil {
 				return err
 			}
-			installed := build.Installation{Overlay: inv.Overlay, ClusterLocalGateway: inv.ClusterLocalGateway,
-				M2MAuth: inv.M2MAuth, KubeflowResources: inv.KubeflowResources, Components: inv.Components}
+			installed := inv.Installation()
 			objs, err := tree.InstallationObjects(installed)
 			if err != nil {
 				return err
@@ -111,6 +109,7 @@ be deleted with them and needs --yes to delete any.`,
 		}),
 	}
 	cluster.add(cmd)
+	cluster.addTimeout(cmd, "how long to wait until the deleted objects are gone")
 	cmd.Flags().BoolVar(&opts.Purge, "purge", false, "also delete the Istio CRDs, their custom resources, and the istio-system namespace")
 	cmd.Flags().BoolVar(&opts.Confirm, "yes", false, "with --purge: delete the custom resources it lists")
 	cmd.Flags().BoolVar(&opts.DryRun, "dry-run", false, "send server-side dry-run requests only")

@@ -7,8 +7,6 @@ import (
 	"io"
 
 	"github.com/spf13/cobra"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/pod-security-admission/api"
 
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/doctor"
@@ -152,7 +150,7 @@ func doctorFiles(s Streams, paths []string, inst build.Installation, manifests s
 	if err != nil {
 		return nil, err
 	}
-	rep := doctor.CheckWorkloads(files, doctor.WorkloadOptions{Injector: in, Levels: namespaceLevels(objs), EgressRestricted: doctor.EgressRestriction(objs)})
+	rep := doctor.CheckWorkloads(files, doctor.WorkloadOptions{Injector: in, Levels: podsecurity.NamespaceLevels(objs), EgressRestricted: doctor.EgressRestriction(objs)})
 	if fix {
 		fixed, err := doctor.Fix(files, rep.Findings)
 		if err != nil {
@@ -171,19 +169,6 @@ func doctorFiles(s Streams, paths []string, inst build.Installation, manifests s
 		}
 	}
 	return rep, nil
-}
-
-// namespaceLevels are the levels the Namespaces of a build enforce.
-func namespaceLevels(objs []*unstructured.Unstructured) map[string]api.Level {
-	levels := map[string]api.Level{}
-	for _, o := range objs {
-		if o.GetKind() == "Namespace" {
-			if l, err := podsecurity.NamespaceLevel(o.GetLabels()); err == nil {
-				levels[o.GetName()] = l
-			}
-		}
-	}
-	return levels
 }
 
 func doctorCluster(ctx context.Context, f *clusterFlags, warnings io.Writer) (*doctor.Report, error) {

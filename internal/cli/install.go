@@ -72,6 +72,7 @@ unchanged, pruned per object) to standard output.`,
 		}),
 	}
 	cluster.add(cmd)
+	cluster.addTimeout(cmd, "how long to wait for each stage to become ready")
 	what.add(cmd)
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "send server-side dry-run requests only, and print what would change")
 	cmd.Flags().BoolVar(&force, "force-conflicts", false, "take over fields that other field managers own")

@@ -1,9 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
-	"fmt"
-
 	"github.com/spf13/cobra"
 
 	"github.com/kubeflow/kfistio/internal/verify"
@@ -43,8 +40,8 @@ Exit status: 0 when every check passes, 1 when one fails.`,
   kfistio verify cluster-local-gateway/overlays/m2m-auth
   kfistio verify --manifests ./manifests`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if output != "text" && output != "json" {
-				return fmt.Errorf("unknown output format %q: use text or json", output)
+			if err := checkFormat(output); err != nil {
+				return err
 			}
 			tree, err := openTree(manifestsDir)
 			if err != nil {
@@ -54,14 +51,7 @@ Exit status: 0 when every check passes, 1 when one fails.`,
 			if err != nil {
 				return err
 			}
-			if output == "json" {
-				enc := json.NewEncoder(s.Out)
-				enc.SetIndent("", "  ")
-				err = enc.Encode(rep)
-			} else {
-				err = rep.WriteText(s.Out)
-			}
-			if err != nil {
+			if err := writeOutput(s.Out, output, rep, func() error { return rep.WriteText(s.Out) }); err != nil {
 				return err
 			}
 			if !rep.Passed {

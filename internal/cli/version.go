@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
 	"runtime/debug"
 
@@ -46,16 +45,10 @@ embeds and renders.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			v := currentVersion()
-			switch output {
-			case "text":
+			return writeOutput(s.Out, output, v, func() error {
 				_, err := fmt.Fprintf(s.Out, "kfistio %s\nIstio %s (%s)\n", v.Version, v.IstioRelease, v.IstioModule)
 				return err
-			case "json":
-				enc := json.NewEncoder(s.Out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(v)
-			}
-			return fmt.Errorf("unknown output format %q: use text or json", output)
+			})
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")

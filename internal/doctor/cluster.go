@@ -21,6 +21,7 @@ import (
 	"k8s.io/pod-security-admission/api"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/inject"
 	"github.com/kubeflow/kfistio/internal/install"
 	"github.com/kubeflow/kfistio/internal/kube"
@@ -44,7 +45,6 @@ const (
 	istioNamespace = "istio-system"
 	cniNamespace   = "kube-system"
 	cniDaemonSet   = "istio-cni-node"
-	gkeBinDir      = "/home/kubernetes/bin"
 	injectionLabel = "istio-injection"
 	revisionLabel  = "istio.io/rev"
 )
@@ -84,12 +84,16 @@ type clusterCheck struct {
 	r *Report
 	// What is installed: the injector, whether it uses CNI, the release of
 	// istiod, and the overlay kfistio recorded (empty when not kfistio's).
-	injector     *inject.Injector
-	cni          bool
-	release      string
-	overlay      string
-	restricted   string
-	istiodLabels map[string]string
+	injector   *inject.Injector
+	cni        bool
+	release    string
+	overlay    string
+	restricted string
+	// What several checks read, read once: the CNI DaemonSet (nil when
+	// absent), the nodes, and the namespaces istiod injects.
+	cniAgent *appsv1.DaemonSet
+	nodes    []corev1.Node
+	injected []corev1.Namespace
 }
 
 func (cl *clusterCheck) add(id string, sev Severity, key, reason, fix string) {
@@ -113,9 +117,8 @@ func (cl *clusterCheck) load(ctx context.Context, istiod *appsv1.Deployment) err
 		return err
 	}
 	cl.injector = in
-	spec, _ := object.PodSpec(objs[2])
-	if spec != nil && len(spec.Containers) > 0 {
-		_, cl.release = splitTag(spec.Containers[0].Image)
+	if c := object.Container(&istiod.Spec.Template.Spec, inject.DiscoveryContainer); c != nil {
+		_, cl.release = object.SplitImage(c.Image)
 	}
 	cl.cni = injectorUsesCNI(objs[0])
 	if inv, err := (&install.Installer{Client: cl.c}).ReadInventory(ctx); err == nil {
@@ -133,6 +136,27 @@ func (cl *clusterCheck) load(ctx context.Context, istiod *appsv1.Deployment) err
 		}
 	}
 	cl.restricted = EgressRestriction(objs)
+	ds, err := cl.c.Kube.AppsV1().DaemonSets(cniNamespace).Get(ctx, cniDaemonSet, metav1.GetOptions{})
+	switch {
+	case err == nil:
+		cl.cniAgent = ds
+	case !apierrors.IsNotFound(err):
+		return fmt.Errorf("get DaemonSet/%s/%s: %w", cniNamespace, cniDaemonSet, err)
+	}
+	nodes, err := cl.c.Kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list nodes: %w", err)
+	}
+	cl.nodes = nodes.Items
+	namespaces, err := cl.c.Kube.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list namespaces: %w", err)
+	}
+	for _, n := range namespaces.Items {
+		if n.Labels[injectionLabel] == "enabled" || (n.Labels[revisionLabel] != "" && n.Labels[injectionLabel] != "disabled") {
+			cl.injected = append(cl.injected, n)
+		}
+	}
 	return nil
 }
 
@@ -142,14 +166,6 @@ func typed(o runtime.Object, apiVersion, kind string) *unstructured.Unstructured
 	u.SetAPIVersion(apiVersion)
 	u.SetKind(kind)
 	return u
-}
-
-func splitTag(image string) (string, string) {
-	i := strings.LastIndex(image, ":")
-	if i < 0 || strings.Contains(image[i:], "/") {
-		return image, ""
-	}
-	return image[:i], image[i+1:]
 }
 
 var sidecarResource = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "sidecars"}
@@ -214,25 +230,18 @@ func (cl *clusterCheck) cniReady(ctx context.Context) error {
 		return nil
 	}
 	dsKey := object.KeyOf("DaemonSet", cniNamespace, cniDaemonSet)
-	ds, err := cl.c.Kube.AppsV1().DaemonSets(cniNamespace).Get(ctx, cniDaemonSet, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
+	ds := cl.cniAgent
+	if ds == nil {
 		cl.add(CNINotReady, Error, dsKey, "the injector expects Istio CNI, but the CNI node agent is not installed: injected pods fail in istio-validation",
 			"install an overlay with CNI (kfistio install), or the insecure overlay on clusters without CNI support")
 		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("get %s: %w", dsKey, err)
-	}
-	nodes, err := cl.c.Kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return fmt.Errorf("list nodes: %w", err)
 	}
 	sel := labels.SelectorFromSet(ds.Spec.Selector.MatchLabels)
 	pods, err := cl.c.Kube.CoreV1().Pods(cniNamespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
 	if err != nil {
 		return fmt.Errorf("list the pods of %s: %w", dsKey, err)
 	}
-	for _, n := range nodes.Items {
+	for _, n := range cl.nodes {
 		if n.Spec.Unschedulable {
 			continue
 		}
@@ -274,20 +283,16 @@ func podState(p *corev1.Pod) string {
 
 // gkeOverlay checks that a GKE cluster runs the CNI agent with GKE's writable
 // binary directory.
-func (cl *clusterCheck) gkeOverlay(ctx context.Context) error {
-	if !cl.cni {
+func (cl *clusterCheck) gkeOverlay(context.Context) error {
+	if cl.cniAgent == nil {
 		return nil
 	}
-	p, err := install.DetectPlatform(ctx, cl.c)
-	if err != nil || !p.GKE {
-		return err
+	p := install.PlatformOf(cl.c.Version, cl.nodes)
+	if !p.GKE {
+		return nil
 	}
-	ds, err := cl.c.Kube.AppsV1().DaemonSets(cniNamespace).Get(ctx, cniDaemonSet, metav1.GetOptions{})
-	if err != nil {
-		return nil // reported by cniReady
-	}
-	for _, v := range ds.Spec.Template.Spec.Volumes {
-		if v.Name == "cni-bin-dir" && v.HostPath != nil && v.HostPath.Path != gkeBinDir {
+	for _, v := range cl.cniAgent.Spec.Template.Spec.Volumes {
+		if v.Name == "cni-bin-dir" && v.HostPath != nil && v.HostPath.Path != build.GKECNIBinDir {
 			installed := "the installed overlay"
 			if cl.overlay != "" {
 				installed = "the " + cl.overlay + " overlay"
@@ -378,21 +383,6 @@ func withoutCABundle[W any](hooks []W, of func(W) (string, []byte)) []string {
 	return out
 }
 
-// injectedNamespaces returns the namespaces whose pods istiod injects.
-func (cl *clusterCheck) injectedNamespaces(ctx context.Context) ([]corev1.Namespace, error) {
-	list, err := cl.c.Kube.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("list namespaces: %w", err)
-	}
-	var out []corev1.Namespace
-	for _, n := range list.Items {
-		if n.Labels[injectionLabel] == "enabled" || (n.Labels[revisionLabel] != "" && n.Labels[injectionLabel] != "disabled") {
-			out = append(out, n)
-		}
-	}
-	return out, nil
-}
-
 // namespaceLevels checks that injected namespaces allow what injection adds:
 // without CNI, istio-init needs NET_ADMIN and NET_RAW, which only the
 // privileged level allows.
@@ -400,11 +390,7 @@ func (cl *clusterCheck) namespaceLevels(ctx context.Context) error {
 	if cl.cni {
 		return nil
 	}
-	nss, err := cl.injectedNamespaces(ctx)
-	if err != nil {
-		return err
-	}
-	for _, n := range nss {
+	for _, n := range cl.injected {
 		level, err := podsecurity.NamespaceLevel(n.Labels)
 		if err == nil && level != api.LevelPrivileged {
 			cl.add(NamespacePodSecurity, Error, object.KeyOf("Namespace", "", n.Name),
@@ -429,7 +415,7 @@ func (cl *clusterCheck) pods(ctx context.Context) error {
 			if c.Name != inject.ProxyContainer {
 				continue
 			}
-			if _, tag := splitTag(c.Image); cl.release != "" && tag != cl.release {
+			if _, tag := object.SplitImage(c.Image); cl.release != "" && tag != cl.release {
 				cl.add(OutdatedProxy, Warning, key,
 					fmt.Sprintf("its proxy runs %s but istiod runs %s: it was injected before the last upgrade", tag, cl.release),
 					fmt.Sprintf("restart its workload (kubectl rollout restart) so that it is injected with %s", cl.release))
@@ -464,10 +450,6 @@ func (cl *clusterCheck) pods(ctx context.Context) error {
 // workloads runs the workload checks on what runs in injected namespaces,
 // with the cluster's injector.
 func (cl *clusterCheck) workloads(ctx context.Context) error {
-	nss, err := cl.injectedNamespaces(ctx)
-	if err != nil {
-		return err
-	}
 	levels := map[string]api.Level{}
 	file := &File{Path: "cluster"}
 	kinds := []schema.GroupVersionResource{
@@ -479,7 +461,7 @@ func (cl *clusterCheck) workloads(ctx context.Context) error {
 		{Group: "serving.kserve.io", Version: "v1beta1", Resource: "inferenceservices"},
 		{Group: "kubeflow.org", Version: "v1", Resource: "notebooks"},
 	}
-	for _, n := range nss {
+	for _, n := range cl.injected {
 		if l, err := podsecurity.NamespaceLevel(n.Labels); err == nil {
 			levels[n.Name] = l
 		}

@@ -11,7 +11,6 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/pod-security-admission/api"
 
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/inject"
@@ -37,13 +36,7 @@ func options(t *testing.T, overlay string) WorkloadOptions {
 	if err != nil {
 		t.Fatal(err)
 	}
-	levels := map[string]api.Level{}
-	for _, o := range objs {
-		if o.GetKind() == "Namespace" {
-			levels[o.GetName()], _ = podsecurity.NamespaceLevel(o.GetLabels())
-		}
-	}
-	return WorkloadOptions{Injector: in, Levels: levels, EgressRestricted: EgressRestriction(objs)}
+	return WorkloadOptions{Injector: in, Levels: podsecurity.NamespaceLevels(objs), EgressRestricted: EgressRestriction(objs)}
 }
 
 func read(t *testing.T, name string) []*File {

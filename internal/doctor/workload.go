@@ -46,20 +46,19 @@ type WorkloadOptions struct {
 // CheckWorkloads checks every workload in files. Namespace objects in files
 // add to the known levels.
 func CheckWorkloads(files []*File, o WorkloadOptions) *Report {
-	levels := map[string]api.Level{}
-	for k, v := range o.Levels {
-		levels[k] = v
-	}
-	r := &Report{}
+	var docs []*unstructured.Unstructured
 	for _, f := range files {
 		for _, d := range f.Docs {
-			if d.Object.GetKind() == "Namespace" {
-				if l, err := podsecurity.NamespaceLevel(d.Object.GetLabels()); err == nil {
-					levels[d.Object.GetName()] = l
-				}
-			}
+			docs = append(docs, d.Object)
 		}
 	}
+	levels := podsecurity.NamespaceLevels(docs)
+	for k, v := range o.Levels {
+		if _, inFiles := levels[k]; !inFiles {
+			levels[k] = v
+		}
+	}
+	r := &Report{}
 	o.Levels = levels
 	for _, f := range files {
 		for _, d := range f.Docs {
@@ -211,10 +210,6 @@ func effectiveUID(spec *corev1.PodSpec, c *corev1.Container) (int64, bool) {
 	return 0, false
 }
 
-func isIstio(name string) bool {
-	return name == inject.ProxyContainer || name == inject.ValidationContainer || name == inject.InitContainer
-}
-
 func (w *workload) checkInitContainers(before, after *corev1.PodTemplateSpec, o WorkloadOptions) []Finding {
 	if bypassed(before) {
 		return nil
@@ -289,7 +284,7 @@ func (w *workload) checkProxyUID(tpl *corev1.PodTemplateSpec) []Finding {
 	var out []Finding
 	for i := range tpl.Spec.Containers {
 		c := &tpl.Spec.Containers[i]
-		if uid, ok := effectiveUID(&tpl.Spec, c); ok && uid == proxyUID && !isIstio(c.Name) {
+		if uid, ok := effectiveUID(&tpl.Spec, c); ok && uid == proxyUID && !inject.IsIstioContainer(c.Name) {
 			out = append(out, w.finding(ProxyUID, Warning, c.Name,
 				fmt.Sprintf("it runs as UID %d, the sidecar's own: its outbound traffic bypasses the sidecar, so it gets no mTLS, authorization or telemetry", proxyUID),
 				"run the container as another UID"))

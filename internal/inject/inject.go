@@ -46,6 +46,12 @@ type Injector struct {
 
 type selectors struct{ namespace, object labels.Selector }
 
+// IsIstioContainer reports whether a container of that name is one the
+// injector adds.
+func IsIstioContainer(name string) bool {
+	return name == ProxyContainer || name == ValidationContainer || name == InitContainer
+}
+
 // New reads the injector ConfigMap, the mesh ConfigMap and istiod's
 // ENABLE_NATIVE_SIDECARS from objs, the objects of a build.
 func New(objs []*unstructured.Unstructured) (*Injector, error) {

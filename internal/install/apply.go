@@ -10,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
 
 	"github.com/kubeflow/kfistio/internal/object"
 )
@@ -62,43 +63,49 @@ func withLabel(o *unstructured.Unstructured) *unstructured.Unstructured {
 	return c
 }
 
+// dryRun reads o's live object (nil when it does not exist) and, when it
+// exists, what a server-side apply of o would make of it.
+func (in *Installer) dryRun(ctx context.Context, o *unstructured.Unstructured, force bool) (res dynamic.ResourceInterface, body []byte, live, after *unstructured.Unstructured, err error) {
+	key := object.Key(o)
+	if res, err = in.Client.Resource(o); err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("apply %s: %w", key, err)
+	}
+	if body, err = json.Marshal(withLabel(o).Object); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	live, err = res.Get(ctx, o.GetName(), metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return res, body, nil, nil, nil
+	case err != nil:
+		return nil, nil, nil, nil, applyError(key, err)
+	}
+	after, err = res.Patch(ctx, o.GetName(), types.ApplyPatchType, body,
+		metav1.PatchOptions{FieldManager: FieldManager, Force: &force, DryRun: []string{metav1.DryRunAll}})
+	if err != nil {
+		return nil, nil, nil, nil, applyError(key, err)
+	}
+	return res, body, live, after, nil
+}
+
 // apply server-side applies o, unless the server's dry run of the apply shows
 // it would change nothing, and reports what it did (or, with dryRun, would do).
 func (in *Installer) apply(ctx context.Context, o *unstructured.Unstructured, dryRun, force bool) (Action, error) {
-	key := object.Key(o)
-	res, err := in.Client.Resource(o)
-	if err != nil {
-		return "", fmt.Errorf("apply %s: %w", key, err)
-	}
-	body, err := json.Marshal(withLabel(o).Object)
+	res, body, live, after, err := in.dryRun(ctx, o, force)
 	if err != nil {
 		return "", err
 	}
-	live, err := res.Get(ctx, o.GetName(), metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		live = nil
-	case err != nil:
-		return "", applyError(key, err)
+	if live != nil && sameObject(live, after) {
+		return Unchanged, nil
 	}
 	opts := metav1.PatchOptions{FieldManager: FieldManager, Force: &force}
-	if live != nil {
-		opts.DryRun = []string{metav1.DryRunAll}
-		after, err := res.Patch(ctx, o.GetName(), types.ApplyPatchType, body, opts)
-		if err != nil {
-			return "", applyError(key, err)
-		}
-		if sameObject(live, after) {
-			return Unchanged, nil
-		}
-		opts.DryRun = nil
-	}
 	if dryRun {
 		opts.DryRun = []string{metav1.DryRunAll}
 	}
+	// A change already went through the server's dry run; a creation has not.
 	if live == nil || !dryRun {
 		if _, err := res.Patch(ctx, o.GetName(), types.ApplyPatchType, body, opts); err != nil {
-			return "", applyError(key, err)
+			return "", applyError(object.Key(o), err)
 		}
 	}
 	if live == nil {

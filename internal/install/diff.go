@@ -2,14 +2,9 @@ package install
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
-	"slices"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kubeflow/kfistio/internal/object"
@@ -30,6 +25,14 @@ type ObjectDiff struct {
 // server-side dry runs, and returns the objects that would change, in install
 // order; objects the inventory has and objs lacks would be pruned.
 func (in *Installer) Diff(ctx context.Context, objs []*unstructured.Unstructured) ([]ObjectDiff, error) {
+	inv, err := readInventory(ctx, in.Client.Kube)
+	if err != nil {
+		return nil, err
+	}
+	return in.diff(ctx, inv, objs)
+}
+
+func (in *Installer) diff(ctx context.Context, inv *Inventory, objs []*unstructured.Unstructured) ([]ObjectDiff, error) {
 	var out []ObjectDiff
 	var desired []Ref
 	for _, o := range installOrder(objs) {
@@ -42,60 +45,44 @@ func (in *Installer) Diff(ctx context.Context, objs []*unstructured.Unstructured
 			out = append(out, *d)
 		}
 	}
-	inv, err := readInventory(ctx, in.Client.Kube)
-	if err != nil || inv == nil {
-		return out, err
+	if inv == nil {
+		return out, nil
 	}
-	for _, r := range inv.Objects {
-		if slices.Contains(desired, r) {
-			continue
+	for _, r := range stale(inv.Objects, desired) {
+		if r.Kind == "CustomResourceDefinition" {
+			continue // kept by prune
 		}
-		res, err := in.Client.Resource(r.stub())
+		live, _, err := in.managed(ctx, r.stub())
 		if err != nil {
-			continue
+			return nil, err
 		}
-		live, err := res.Get(ctx, r.Name, metav1.GetOptions{})
-		if err != nil || live.GetLabels()[ManagedLabel] != "true" || r.Kind == "CustomResourceDefinition" {
-			continue
+		if live != nil {
+			out = append(out, ObjectDiff{Object: r.Key(), Action: Pruned, Diff: diffYAML(r.Key(), live, nil)})
 		}
-		out = append(out, ObjectDiff{Object: r.Key(), Action: Pruned, Diff: diffYAML(r.Key(), live, nil)})
 	}
 	return out, nil
 }
 
 func (in *Installer) diffOne(ctx context.Context, o *unstructured.Unstructured) (*ObjectDiff, error) {
 	key := object.Key(o)
-	want := withLabel(o)
-	res, err := in.Client.Resource(o)
-	if err != nil {
+	if _, err := in.Client.Mapping(o.GroupVersionKind()); err != nil {
 		// The kind does not exist yet: its CRD is part of the install.
-		return &ObjectDiff{Object: key, Action: Created, Diff: diffYAML(key, nil, want)}, nil
+		return &ObjectDiff{Object: key, Action: Created, Diff: diffYAML(key, nil, withLabel(o))}, nil
 	}
-	live, err := res.Get(ctx, o.GetName(), metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return &ObjectDiff{Object: key, Action: Created, Diff: diffYAML(key, nil, want)}, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("get %s: %w", key, err)
-	}
-	body, err := json.Marshal(want.Object)
-	if err != nil {
-		return nil, err
-	}
-	opts := metav1.PatchOptions{FieldManager: FieldManager, DryRun: []string{metav1.DryRunAll}}
-	after, err := res.Patch(ctx, o.GetName(), types.ApplyPatchType, body, opts)
+	_, _, live, after, err := in.dryRun(ctx, o, false)
 	var note string
 	if apierrors.IsConflict(err) {
 		// Show what install --force-conflicts would do, and say why plain
 		// install would stop.
 		note = err.Error()
-		opts.Force = ptr(true)
-		after, err = res.Patch(ctx, o.GetName(), types.ApplyPatchType, body, opts)
+		_, _, live, after, err = in.dryRun(ctx, o, true)
 	}
-	if err != nil {
-		return nil, applyError(key, err)
-	}
-	if sameObject(live, after) {
+	switch {
+	case err != nil:
+		return nil, err
+	case live == nil:
+		return &ObjectDiff{Object: key, Action: Created, Diff: diffYAML(key, nil, withLabel(o))}, nil
+	case sameObject(live, after):
 		return nil, nil
 	}
 	return &ObjectDiff{Object: key, Action: Configured, Note: note, Diff: diffYAML(key, live, after)}, nil

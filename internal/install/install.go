@@ -17,7 +17,6 @@ import (
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/kube"
 	"github.com/kubeflow/kfistio/internal/object"
-	"github.com/kubeflow/kfistio/internal/upstream"
 )
 
 // Installer works on one cluster.
@@ -80,11 +79,7 @@ func (in *Installer) Install(ctx context.Context, o Options) (ChangeSet, error) 
 	for _, obj := range o.Objects {
 		desired = append(desired, refOf(obj))
 	}
-	inv := &Inventory{
-		Overlay: o.Installation.Overlay, ClusterLocalGateway: o.Installation.ClusterLocalGateway,
-		M2MAuth: o.Installation.M2MAuth, KubeflowResources: o.Installation.KubeflowResources, Components: o.Installation.Components,
-		IstioRelease: upstream.Release, KfistioVersion: o.Version, Objects: desired,
-	}
+	inv := newInventory(o.Installation, o.Version, desired)
 	var previous []Ref
 	if prev != nil {
 		previous = prev.Objects
@@ -122,15 +117,9 @@ func (in *Installer) Install(ctx context.Context, o Options) (ChangeSet, error) 
 			}
 		}
 	}
-	var stale []Ref
-	for _, ref := range previous {
-		if !slices.Contains(desired, ref) {
-			stale = append(stale, ref)
-		}
-	}
-	if len(stale) > 0 {
-		err := in.step(fmt.Sprintf("Pruning %d objects the installation no longer has", len(stale)), func() error {
-			changes, err := in.remove(ctx, stale, Pruned, false, o.DryRun)
+	if gone := stale(previous, desired); len(gone) > 0 {
+		err := in.step(fmt.Sprintf("Pruning %d objects the installation no longer has", len(gone)), func() error {
+			changes, err := in.remove(ctx, gone, Pruned, false, o.DryRun)
 			r.changes = append(r.changes, changes...)
 			return err
 		})

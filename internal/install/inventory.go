@@ -4,8 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
-	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -15,7 +15,9 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/upstream"
 )
 
 // The inventory is a ConfigMap that records what kfistio applied, so that a
@@ -48,8 +50,23 @@ func refOf(o *unstructured.Unstructured) Ref {
 // Key is the Kind/namespace/name of the object.
 func (r Ref) Key() string { return object.KeyOf(r.Kind, r.Namespace, r.Name) }
 
-// GVK is the object's group, version and kind.
-func (r Ref) GVK() schema.GroupVersionKind { return schema.FromAPIVersionAndKind(r.APIVersion, r.Kind) }
+// sameObject reports whether r and o name the same object, whatever API
+// version each uses.
+func (r Ref) sameObject(o Ref) bool {
+	return r.Kind == o.Kind && r.Namespace == o.Namespace && r.Name == o.Name &&
+		schema.FromAPIVersionAndKind(r.APIVersion, r.Kind).Group == schema.FromAPIVersionAndKind(o.APIVersion, o.Kind).Group
+}
+
+// stale returns the refs of previous that desired no longer has.
+func stale(previous, desired []Ref) []Ref {
+	var out []Ref
+	for _, r := range previous {
+		if !slices.ContainsFunc(desired, r.sameObject) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
 
 // stub is an unstructured object that carries only the identity of r.
 func (r Ref) stub() *unstructured.Unstructured {
@@ -76,6 +93,18 @@ type Inventory struct {
 	// Complete is false while an install is under way (or was interrupted).
 	Complete bool  `json:"complete"`
 	Objects  []Ref `json:"objects"`
+}
+
+// Installation is what the inventory says was installed.
+func (inv *Inventory) Installation() build.Installation {
+	return build.Installation{Overlay: inv.Overlay, ClusterLocalGateway: inv.ClusterLocalGateway,
+		M2MAuth: inv.M2MAuth, KubeflowResources: inv.KubeflowResources, Components: inv.Components}
+}
+
+func newInventory(in build.Installation, version string, objs []Ref) *Inventory {
+	return &Inventory{Overlay: in.Overlay, ClusterLocalGateway: in.ClusterLocalGateway, M2MAuth: in.M2MAuth,
+		KubeflowResources: in.KubeflowResources, Components: in.Components,
+		IstioRelease: upstream.Release, KfistioVersion: version, Objects: objs}
 }
 
 // readInventory returns the inventory, or nil when there is none.
@@ -143,25 +172,8 @@ func deleteInventory(ctx context.Context, kc kubernetes.Interface) error {
 	return nil
 }
 
-// union returns the refs of a and b, once each.
+// union returns the objects of a and b, once each, as b names them.
 func union(a, b []Ref) []Ref {
-	seen := map[Ref]bool{}
-	var out []Ref
-	for _, r := range append(append([]Ref{}, a...), b...) {
-		if !seen[r] {
-			seen[r] = true
-			out = append(out, r)
-		}
-	}
-	return out
+	return append(stale(a, b), b...)
 }
-
-func describeRefs(refs []Ref) string {
-	var keys []string
-	for _, r := range refs {
-		keys = append(keys, r.Key())
-	}
-	return strings.Join(keys, ", ")
-}
-
 func ptr[T any](v T) *T { return &v }

@@ -80,7 +80,7 @@ func (in *Installer) Status(ctx context.Context, inv *Inventory, objs []*unstruc
 		}
 		s.Components = append(s.Components, c)
 	}
-	drift, err := in.Diff(ctx, objs)
+	drift, err := in.diff(ctx, inv, objs)
 	if err != nil {
 		return nil, err
 	}

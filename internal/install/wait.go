@@ -2,7 +2,6 @@ package install
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -212,10 +211,4 @@ func falseConditions(o *unstructured.Unstructured) string {
 		}
 	}
 	return strings.Join(out, "; ")
-}
-
-// IsNotReady reports whether err says objects did not become ready.
-func IsNotReady(err error) bool {
-	var e *NotReadyError
-	return errors.As(err, &e)
 }

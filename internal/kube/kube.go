@@ -12,6 +12,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -46,6 +47,8 @@ type Client struct {
 	Dynamic dynamic.Interface
 	Kube    kubernetes.Interface
 	mapper  *restmapper.DeferredDiscoveryRESTMapper
+	mu      sync.Mutex
+	missed  map[schema.GroupVersionKind]bool
 	// Context and Host say which cluster this is, for messages.
 	Context, Host string
 	// Version is the API server's version, as it reports it.
@@ -75,7 +78,8 @@ func Connect(ctx context.Context, o Options) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{Config: cfg, Dynamic: dc, Kube: kc, Context: contextName, Host: cfg.Host,
-		mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(kc.Discovery()))}
+		mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(kc.Discovery())),
+		missed: map[schema.GroupVersionKind]bool{}}
 	v, err := serverVersion(ctx, kc.Discovery())
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach the Kubernetes API server at %s (context %q): %w; check --kubeconfig and --context, and that the cluster is up", c.Host, c.Context, err)
@@ -156,28 +160,28 @@ func (c *Client) Resource(o *unstructured.Unstructured) (dynamic.ResourceInterfa
 	return c.Dynamic.Resource(m.Resource), nil
 }
 
-// Mapping finds the API resource of gvk. Discovery is cached; a kind it does
-// not know (a CRD applied since) refreshes the cache once.
+// Mapping finds the API resource of gvk. Discovery is cached; the first miss
+// of a kind (a CRD applied since) refreshes the cache, later misses of it do
+// not until ResetDiscovery.
 func (c *Client) Mapping(gvk schema.GroupVersionKind) (*meta.RESTMapping, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	m, err := c.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-	if meta.IsNoMatchError(err) {
+	if meta.IsNoMatchError(err) && !c.missed[gvk] {
 		c.mapper.Reset()
 		m, err = c.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 	}
 	if meta.IsNoMatchError(err) {
+		c.missed[gvk] = true
 		return nil, fmt.Errorf("the cluster does not serve %s: %w", gvk, err)
 	}
 	return m, err
 }
 
-// Namespaced reports whether objects of gvk live in namespaces.
-func (c *Client) Namespaced(gvk schema.GroupVersionKind) (bool, error) {
-	m, err := c.Mapping(gvk)
-	if err != nil {
-		return false, err
-	}
-	return m.Scope.Name() == meta.RESTScopeNameNamespace, nil
-}
-
 // ResetDiscovery forgets cached API resources, after CRDs change.
-func (c *Client) ResetDiscovery() { c.mapper.Reset() }
+func (c *Client) ResetDiscovery() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.mapper.Reset()
+	c.missed = map[schema.GroupVersionKind]bool{}
+}

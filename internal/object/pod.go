@@ -2,6 +2,7 @@ package object
 
 import (
 	"fmt"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -105,4 +106,24 @@ func ContainerEnv(o *unstructured.Unstructured, c, name string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// Container returns the container called name in spec, or nil.
+func Container(spec *corev1.PodSpec, name string) *corev1.Container {
+	for i := range spec.Containers {
+		if spec.Containers[i].Name == name {
+			return &spec.Containers[i]
+		}
+	}
+	return nil
+}
+
+// SplitImage splits an image reference into its repository and tag ("" when
+// it has none).
+func SplitImage(image string) (repo, tag string) {
+	i := strings.LastIndex(image, ":")
+	if i < 0 || strings.Contains(image[i:], "/") {
+		return image, ""
+	}
+	return image[:i], image[i+1:]
 }

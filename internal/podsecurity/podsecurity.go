@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/pod-security-admission/api"
 	"k8s.io/pod-security-admission/policy"
 )
@@ -41,6 +42,21 @@ func NamespaceLevel(labels map[string]string) (api.Level, error) {
 		return "", fmt.Errorf("label %s=%q: %w", EnforceLabel, v, err)
 	}
 	return l, nil
+}
+
+// NamespaceLevels returns the level each Namespace among objs enforces;
+// namespaces with an unknown level are left out.
+func NamespaceLevels(objs []*unstructured.Unstructured) map[string]api.Level {
+	levels := map[string]api.Level{}
+	for _, o := range objs {
+		if o.GetKind() != "Namespace" {
+			continue
+		}
+		if l, err := NamespaceLevel(o.GetLabels()); err == nil {
+			levels[o.GetName()] = l
+		}
+	}
+	return levels
 }
 
 // Evaluate judges the pod tpl at level (latest version of the standards) and

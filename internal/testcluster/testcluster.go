@@ -90,7 +90,9 @@ type process struct {
 	args      []string
 	cmd       *exec.Cmd
 	log       string
-	done      chan error
+	// done is closed when the process has exited, with its error in err.
+	done chan struct{}
+	err  error
 }
 
 // Start starts a cluster whose files live in dir (a test's TempDir).
@@ -123,7 +125,7 @@ func (c *Cluster) start(ctx context.Context, bin string) error {
 	if err := serviceAccountKey(c.Dir); err != nil {
 		return err
 	}
-	ports, err := freePorts(5)
+	ports, err := freePorts(4)
 	if err != nil {
 		return err
 	}
@@ -244,8 +246,8 @@ func (p *process) start(dir string) error {
 		_ = out.Close()
 		return fmt.Errorf("start %s: %w", p.name, err)
 	}
-	p.cmd, p.done = cmd, make(chan error, 1)
-	go func() { p.done <- cmd.Wait(); _ = out.Close() }()
+	p.cmd, p.done = cmd, make(chan struct{})
+	go func() { p.err = cmd.Wait(); _ = out.Close(); close(p.done) }()
 	return nil
 }
 
@@ -260,8 +262,8 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 	for time.Now().Before(deadline) {
 		for _, p := range c.procs {
 			select {
-			case err := <-p.done:
-				return fmt.Errorf("%s exited: %v\n%s", p.name, err, tail(p.log))
+			case <-p.done:
+				return fmt.Errorf("%s exited: %w\n%s", p.name, p.err, tail(p.log))
 			default:
 			}
 		}
@@ -269,14 +271,16 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 		if err == nil && string(body) == "ok" {
 			return nil
 		}
-		last = err
+		if last = err; last == nil {
+			last = fmt.Errorf("/readyz answered %q", body)
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("kube-apiserver not ready after 60s: %v\n%s", last, tail(filepath.Join(c.Dir, "kube-apiserver.log")))
+	return fmt.Errorf("kube-apiserver not ready after 60s: %w\n%s", last, tail(filepath.Join(c.Dir, "kube-apiserver.log")))
 }
 
 // Stop stops the programs in reverse start order (the API server before

@@ -138,7 +138,7 @@ func (f Files) addComponent(dir, comment string, c component) error {
 	if err != nil {
 		return err
 	}
-	f[dir+"/kustomization.yaml"] = append([]byte(Header+"\n"+comment+"\n"), b...)
+	f[dir+"/kustomization.yaml"] = withHeader(comment, b)
 	return nil
 }
 
@@ -147,7 +147,12 @@ func file(comment string, objs []*unstructured.Unstructured) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return append([]byte(Header+"\n"+comment+"\n"), body...), nil
+	return withHeader(comment, body), nil
+}
+
+// withHeader puts Header and comment on top of body.
+func withHeader(comment string, body []byte) []byte {
+	return append([]byte(Header+"\n"+comment+"\n"), body...)
 }
 
 // split is a render cut into the three directories that hold it.

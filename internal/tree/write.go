@@ -17,13 +17,18 @@ import (
 // Change is one generated file that differs between disk and a fresh render.
 type Change struct {
 	Path string // relative to the manifests directory
-	Diff string // unified diff from the file on disk to the fresh one
+	// Diff is the unified diff from the file on disk to the fresh one
+	// (Compare only).
+	Diff string
 }
 
 // Compare returns how the generated files under dir differ from f: files that
 // differ or are missing, and files that carry Header but are no longer
-// generated. It writes nothing.
-func Compare(dir string, f Files) ([]Change, error) {
+// generated, each with its unified diff. It writes nothing.
+func Compare(dir string, f Files) ([]Change, error) { return compare(dir, f, true) }
+
+// compare is Compare; without diffs, it only names the changed files.
+func compare(dir string, f Files, diffs bool) ([]Change, error) {
 	stale, err := generatedOnDisk(dir)
 	if err != nil {
 		return nil, err
@@ -38,14 +43,22 @@ func Compare(dir string, f Files) ([]Change, error) {
 		if bytes.Equal(old, f[p]) {
 			continue
 		}
-		changes = append(changes, Change{Path: p, Diff: unified(p, old, f[p])})
+		c := Change{Path: p}
+		if diffs {
+			c.Diff = unified(p, old, f[p])
+		}
+		changes = append(changes, c)
 	}
 	for p := range stale {
 		old, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(p)))
 		if err != nil {
 			return nil, err
 		}
-		changes = append(changes, Change{Path: p, Diff: unified(p, old, nil)})
+		c := Change{Path: p}
+		if diffs {
+			c.Diff = unified(p, old, nil)
+		}
+		changes = append(changes, c)
 	}
 	sort.Slice(changes, func(i, j int) bool { return changes[i].Path < changes[j].Path })
 	return changes, nil
@@ -55,7 +68,7 @@ func Compare(dir string, f Files) ([]Change, error) {
 // and removes generated files that f no longer has. Files that are already
 // right are not touched. It returns what it changed.
 func Write(dir string, f Files) ([]Change, error) {
-	changes, err := Compare(dir, f)
+	changes, err := compare(dir, f, false)
 	if err != nil {
 		return nil, err
 	}

@@ -90,8 +90,8 @@ func checkSidecarEgress(t *target) []Problem {
 	}
 	for _, name := range []string{"notebook-controller", "ml-pipeline-ui"} {
 		if s := t.require(&p, "Sidecar", "kubeflow", name); s != nil {
-			if !slices.Contains(sidecarHosts(s), "*/*") {
-				p.wrong(object.Key(s), "spec.egress[].hosts", sidecarHosts(s), `"*/*": it reaches every profile namespace`)
+			if hosts := sidecarHosts(s); !slices.Contains(hosts, "*/*") {
+				p.wrong(object.Key(s), "spec.egress[].hosts", hosts, `"*/*": it reaches every profile namespace`)
 			}
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/inject"
 	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/podsecurity"
 	"github.com/kubeflow/kfistio/internal/upstream"
 )
 
@@ -70,7 +71,7 @@ const (
 	cniNamespace    = "kube-system"
 	injectorCM      = inject.InjectorConfigMap
 	runtimeDefault  = string(corev1.SeccompProfileTypeRuntimeDefault)
-	enforceLabel    = "pod-security.kubernetes.io/enforce"
+	enforceLabel    = podsecurity.EnforceLabel
 	injectionLabel  = "istio-injection"
 	dataplaneLabel  = "istio.io/dataplane-mode"
 	chartLabel      = "helm.sh/chart"
@@ -176,7 +177,7 @@ func checkNativeSidecars(t *target) []Problem {
 			p.wrong(key, "initContainers["+inject.ProxyContainer+"].restartPolicy", restartPolicy(proxy), show("Always"))
 		}
 		for i, c := range spec.InitContainers {
-			if isIstioInit(c.Name) || i > at {
+			if inject.IsIstioContainer(c.Name) || i > at {
 				continue
 			}
 			p.because(key, "initContainers", fmt.Sprintf("user init container %s runs before %s and has no proxy", c.Name, inject.ProxyContainer))
@@ -190,10 +191,6 @@ func restartPolicy(c *corev1.Container) any {
 		return nil
 	}
 	return string(*c.RestartPolicy)
-}
-
-func isIstioInit(name string) bool {
-	return name == inject.ValidationContainer || name == inject.InitContainer || name == inject.ProxyContainer
 }
 
 func checkClusterLocalGateway(t *target) []Problem {
@@ -501,16 +498,14 @@ func checkOAuth2Proxy(t *target) []Problem {
 	return p
 }
 
-const gkeCNIBinDir = "/home/kubernetes/bin"
-
 func checkGKE(t *target) []Problem {
 	var p problems
 	ds := t.require(&p, "DaemonSet", cniNamespace, cniNode)
 	if ds == nil {
 		return p
 	}
-	if got := cniBinDir(ds); got != gkeCNIBinDir {
-		p.wrong(object.Key(ds), "volumes[cni-bin-dir].hostPath.path", got, show(gkeCNIBinDir))
+	if got := cniBinDir(ds); got != build.GKECNIBinDir {
+		p.wrong(object.Key(ds), "volumes[cni-bin-dir].hostPath.path", got, show(build.GKECNIBinDir))
 	}
 	// Otherwise the build is that of the same overlay off GKE, but for what
 	// GKE needs in addition.
@@ -520,7 +515,7 @@ func checkGKE(t *target) []Problem {
 		p.because("", "", "cannot build the "+other+" overlay to compare: "+err.Error())
 		return p
 	}
-	mine := object.Index(t.objs)
+	mine := t.idx
 	index := object.Index(theirs)
 	for _, key := range sortedKeys(mine) {
 		o, ok := index[key]
@@ -684,19 +679,11 @@ func checkKeepsBaseEnv(t *target, p *problems, d *unstructured.Unstructured) {
 
 // splitImage splits registry/name:tag into registry and tag.
 func splitImage(image string) (hub, tag string) {
-	i := strings.LastIndex(image, ":")
-	if i < 0 || strings.Contains(image[i:], "/") {
-		return registry(image), ""
-	}
-	return registry(image[:i]), image[i+1:]
-}
-
-// registry is the part of an image repository before its last slash.
-func registry(repo string) string {
+	repo, tag := object.SplitImage(image)
 	if i := strings.LastIndex(repo, "/"); i >= 0 {
-		return repo[:i]
+		return repo[:i], tag
 	}
-	return ""
+	return "", tag
 }
 
 func checkClusterRoles(t *target) []Problem {

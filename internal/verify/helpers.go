@@ -133,12 +133,7 @@ func podTemplate(p *problems, o *unstructured.Unstructured) *corev1.PodTemplateS
 }
 
 func container(spec *corev1.PodSpec, name string) *corev1.Container {
-	for i := range spec.Containers {
-		if spec.Containers[i].Name == name {
-			return &spec.Containers[i]
-		}
-	}
-	return nil
+	return object.Container(spec, name)
 }
 
 func initContainer(spec *corev1.PodSpec, name string) (*corev1.Container, int) {

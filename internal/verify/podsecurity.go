@@ -80,13 +80,19 @@ func checkInjection(t *target) []Problem {
 		if hub, tag := splitImage(proxy.Image); tag != controlPlane || hub != istioReleaseHub {
 			p.wrong(key, inject.ProxyContainer+".image", proxy.Image, fmt.Sprintf("%s/proxyv2:%s, the control plane's release", istioReleaseHub, controlPlane))
 		}
-		need, err := podsecurity.Strictest(r.pod)
+		restricted, reason, err := podsecurity.Evaluate(api.LevelRestricted, r.pod)
 		if err != nil {
 			p.because(key, "", err.Error())
 			return
 		}
-		if t.overlay.CNI && need != api.LevelRestricted {
-			_, reason, _ := podsecurity.Evaluate(api.LevelRestricted, r.pod)
+		need := api.LevelRestricted
+		if !restricted {
+			if need, err = podsecurity.Strictest(r.pod); err != nil {
+				p.because(key, "", err.Error())
+				return
+			}
+		}
+		if t.overlay.CNI && !restricted {
 			p.because(key, "", "no longer passes the restricted level after injection: "+reason)
 		}
 		nsName := r.sample.GetNamespace()
