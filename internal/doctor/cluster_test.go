@@ -6,6 +6,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,20 +20,49 @@ import (
 	"github.com/kubeflow/kfistio/internal/testcluster"
 )
 
+// The control plane of the cluster tests starts when a test first needs
+// it, so that the workload tests and the fuzz targets run without it.
 var (
-	cluster *testcluster.Cluster
-	client  *kube.Client
+	clusterOnce sync.Once
+	cluster     *testcluster.Cluster
+	client      *kube.Client
+	clusterErr  error
 )
 
-// TestMain starts a control plane with two fake nodes; each test installs
-// what it needs.
 func TestMain(m *testing.M) {
-	os.Exit(testcluster.Main(m, []testcluster.Node{{Name: "node-a"}, {Name: "node-b"}}, func(c *testcluster.Cluster) error {
-		cluster = c
-		var err error
-		client, err = kube.Connect(context.Background(), kube.Options{Kubeconfig: c.Kubeconfig})
-		return err
-	}))
+	code := m.Run()
+	if cluster != nil {
+		if code != 0 {
+			fmt.Fprintln(os.Stderr, cluster.Logs())
+		}
+		_ = cluster.Stop()
+		_ = os.RemoveAll(cluster.Dir)
+	}
+	os.Exit(code)
+}
+
+// liveCluster starts a control plane with two fake nodes, once.
+func liveCluster(t *testing.T) {
+	t.Helper()
+	clusterOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "kfistio-doctor-")
+		if err != nil {
+			clusterErr = err
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if cluster, clusterErr = testcluster.Start(ctx, dir); clusterErr != nil {
+			return
+		}
+		if clusterErr = cluster.AddNodes(ctx, testcluster.Node{Name: "node-a"}, testcluster.Node{Name: "node-b"}); clusterErr != nil {
+			return
+		}
+		client, clusterErr = kube.Connect(ctx, kube.Options{Kubeconfig: cluster.Kubeconfig})
+	})
+	if clusterErr != nil {
+		t.Fatalf("cluster tests cannot run: %v", clusterErr)
+	}
 }
 
 // installOverlay installs overlay and does what istiod does once it runs:
@@ -124,11 +154,11 @@ func applyDocs(t *testing.T, doc string) {
 	}
 }
 
-func ptr[T any](v T) *T { return &v }
 
 // A clean install has no findings; each broken state that follows shows as
 // its finding.
 func TestCluster(t *testing.T) {
+	liveCluster(t)
 	ctx := context.Background()
 	if r := check(t); !slices.Equal(ids(r), []string{"KF100 Deployment/istio-system/istiod"}) {
 		t.Errorf("before install: %v", ids(r))
