@@ -154,7 +154,6 @@ func applyDocs(t *testing.T, doc string) {
 	}
 }
 
-
 // A clean install has no findings; each broken state that follows shows as
 // its finding.
 func TestCluster(t *testing.T) {

@@ -239,8 +239,8 @@ func (w *workload) finding(pr *podRun, id string, sev Severity, container, reaso
 // podCheck is one pod of a workload, before and after Istio's injection.
 type podCheck struct {
 	*checker
-	w             *workload
-	pr            *podRun
+	w  *workload
+	pr *podRun
 	ns string
 	// original is the pod as the document has it; before is the same without
 	// Istio's containers, after the pod as it runs.
