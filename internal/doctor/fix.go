@@ -358,11 +358,12 @@ func keyText(k string) string {
 	return strconv.Quote(k)
 }
 
-// flowText is keys (each nested in the one before) and value in flow style.
+// flowText is keys (each nested in the one before) and value in flow style,
+// keys quoted so that JSON stays JSON.
 func flowText(keys []string, value string) string {
 	s := value
 	for i := len(keys) - 1; i >= 0; i-- {
-		s = keyText(keys[i]) + ": " + s
+		s = strconv.Quote(keys[i]) + ": " + s
 		if i > 0 {
 			s = "{" + s + "}"
 		}

@@ -205,8 +205,12 @@ func (t *traffic) judge(ns string, podLabels map[string]string, d destination) v
 }
 
 // lists reports whether the Sidecar's egress hosts include dns in namespace
-// target, for a workload in namespace ns.
+// target, for a workload in namespace ns. Without egress hosts a Sidecar
+// imports every namespace, as Istio's default does.
 func (s *sidecarRule) lists(ns, target, dns string) bool {
+	if len(s.hosts) == 0 {
+		return true
+	}
 	for _, h := range s.hosts {
 		hostNS, name, ok := strings.Cut(h, "/")
 		if !ok {

@@ -24,12 +24,13 @@ func WriteFixed(w io.Writer, files []*File, fixed map[*File][]byte) error {
 		return err
 	}
 	var out bytes.Buffer
+	prev := "\n"
 	for i, f := range files {
 		data := bytes.TrimPrefix(content(f), []byte("\ufeff")) // a byte order mark only starts a stream
 		eol := streamEnding(data)
 		if i > 0 {
-			if out.Len() > 0 && !bytes.HasSuffix(out.Bytes(), []byte("\n")) {
-				out.WriteString(eol)
+			if !bytes.HasSuffix(out.Bytes(), []byte("\n")) {
+				out.WriteString(prev)
 			}
 			switch startsWith(data) {
 			case "%": // directives come after a document end marker
@@ -41,6 +42,7 @@ func WriteFixed(w io.Writer, files []*File, fixed map[*File][]byte) error {
 		}
 		out.WriteString("# Source: " + strings.Map(printable, f.Path) + eol)
 		out.Write(data)
+		prev = eol
 	}
 	_, err := w.Write(out.Bytes())
 	return err
