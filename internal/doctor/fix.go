@@ -413,14 +413,16 @@ func insertion(m *yaml.Node, keys []string, value string, lines []string) (*chan
 		at, ok := offset(l, n.Column)
 		return ok && strings.TrimLeft(l[bomLen(l):at], " ") == ""
 	}
+	// Before the second key; else after the only entry when it is on one
+	// line; else before it, when it starts its line.
 	v := m.Content[1]
 	switch {
 	case len(m.Content) >= 4 && startsLine(m.Content[2]) && m.Content[2].Column == first.Column:
 		c.line = m.Content[2].Line
-	case startsLine(first):
-		c.line = first.Line
 	case v.Kind == yaml.ScalarNode && v.Style&(yaml.LiteralStyle|yaml.FoldedStyle) == 0 && v.Line == first.Line:
 		c.line = first.Line + 1
+	case startsLine(first):
+		c.line = first.Line
 	default:
 		return nil, fmt.Errorf("cannot place %s in the mapping at line %d; apply the fix by hand", strings.Join(keys, "."), m.Line)
 	}
