@@ -162,8 +162,11 @@ func FuzzFix(f *testing.F) {
 	}
 	for _, s := range seeds {
 		f.Add(s, uint16(0))
+		// Cut at a document separator, the first file with its final
+		// newline and without.
 		if i := bytes.Index(s, []byte("\n---")); i > 0 {
 			f.Add(s, uint16(i+1)|1<<15)
+			f.Add(s, uint16(i))
 		}
 	}
 	f.Fuzz(func(t *testing.T, data []byte, cut uint16) {

@@ -197,6 +197,18 @@ secrets:
 	if !strings.Contains(r.Findings[0].Reason, "s3.us-east-2.amazonaws.com") {
 		t.Errorf("reason: %s", r.Findings[0].Reason)
 	}
+	// KServe's cluster-wide default endpoint, when no Secret names one.
+	config := `apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: inferenceservice-config
+  namespace: kubeflow
+data:
+  credentials: |-
+    {"s3": {"s3Endpoint": "seaweedfs.kubeflow:8333", "s3UseHttps": "0"}}
+`
+	_, r = judge(t, overlay("oauth2-proxy"), config, doc)
+	wantFindings(t, r, nil)
 }
 
 // A pod init container that reaches out with a native sidecar: the mesh's
@@ -283,9 +295,17 @@ spec:
 			wantFindings(t, r, c.want)
 		})
 	}
+	// A container as the proxy's UID reaches a STRICT namespace as plain
+	// text: refused.
+	asProxy := strings.Replace(internal, "      - name: clone\n", "      - name: clone\n        securityContext: {runAsUser: 1337}\n", 1)
+	_, r := judge(t, overlay("oauth2-proxy"), asProxy)
+	wantFindings(t, r, []string{"Deployment/team-a/docs KF004 info clone"})
+	_, r = judge(t, overlay("oauth2-proxy"), strict("git", "STRICT"), asProxy)
+	wantFindings(t, r, []string{"Deployment/team-a/docs KF004 error clone"})
+
 	// The opt-in egress component leaves public hosts to the passthrough
 	// cluster, as it documents.
-	_, r := judge(t, setting{overlay: "oauth2-proxy", components: []string{"sidecar-egress"}}, external)
+	_, r = judge(t, setting{overlay: "oauth2-proxy", components: []string{"sidecar-egress"}}, external)
 	wantFindings(t, r, []string{key + "info clone"})
 	_, r = judge(t, setting{overlay: "oauth2-proxy", components: []string{"sidecar-egress"}}, internal)
 	wantFindings(t, r, []string{key + "info clone"})
