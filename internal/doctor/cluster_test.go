@@ -11,8 +11,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/install"
@@ -154,6 +156,24 @@ func applyDocs(t *testing.T, doc string) {
 	}
 }
 
+// deleteNamespace deletes namespace name and waits until it is gone, so
+// that a later test can create it again.
+func deleteNamespace(t *testing.T, name string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := client.Kube.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		t.Errorf("delete namespace %s: %v", name, err)
+		return
+	}
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err := client.Kube.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+	if err != nil {
+		t.Errorf("namespace %s is not gone: %v", name, err)
+	}
+}
+
 // A clean install has no findings; each broken state that follows shows as
 // its finding.
 func TestCluster(t *testing.T) {
@@ -163,6 +183,11 @@ func TestCluster(t *testing.T) {
 		t.Errorf("before install: %v", ids(r))
 	}
 	installOverlay(t, "oauth2-proxy")
+	t.Cleanup(func() {
+		if _, err := (&install.Installer{Client: client}).Uninstall(ctx, install.UninstallOptions{Timeout: 2 * time.Minute}); err != nil {
+			t.Errorf("uninstall: %v", err)
+		}
+	})
 	if r := check(t); len(r.Findings) > 0 {
 		t.Fatalf("clean install: %v", ids(r))
 	}
@@ -233,7 +258,11 @@ spec:
   - name: istio-proxy
     image: gcr.io/istio-release/proxyv2:1.28.3
 `)
-		defer func() { _ = client.Kube.CoreV1().Namespaces().Delete(ctx, "apps", metav1.DeleteOptions{}) }()
+		defer func() {
+			// No kubelet serves node-gone: the stuck pod goes only when forced.
+			_ = client.Kube.CoreV1().Pods("apps").Delete(ctx, "stuck", metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+			deleteNamespace(t, "apps")
+		}()
 		// A pod whose istio-validation keeps failing, as when the CNI agent
 		// did not configure it; bound to a node kwok does not serve, so that
 		// its status stays as written.
@@ -308,7 +337,7 @@ spec:
       - name: web
         image: nginx
 `)
-		defer func() { _ = client.Kube.CoreV1().Namespaces().Delete(ctx, "team-b", metav1.DeleteOptions{}) }()
+		defer deleteNamespace(t, "team-b")
 		severity := func(r *Report) Severity {
 			for _, f := range r.Findings {
 				if f.ID == InitEgress && f.Object == "Deployment/team-b/docs" && strings.Contains(f.Reason, "github.com") {
@@ -346,7 +375,7 @@ metadata:
     istio-injection: enabled
     pod-security.kubernetes.io/enforce: restricted
 `)
-		defer func() { _ = client.Kube.CoreV1().Namespaces().Delete(ctx, "team-c", metav1.DeleteOptions{}) }()
+		defer deleteNamespace(t, "team-c")
 		r := check(t)
 		if !hasFinding(r, NamespacePodSecurity, "Namespace/team-c", "enforces the restricted level") {
 			t.Errorf("findings %v", ids(r))
