@@ -13,11 +13,10 @@ import (
 	sigsyaml "sigs.k8s.io/yaml"
 )
 
-// seedShapes are the seed corpus of the fuzz targets: the manifests under
-// dir (real ones from public repositories, or the workload fixtures) as
-// they are, and rewritten into the shapes users feed doctor: CRLF line
-// endings, no final newline, a byte order mark, JSON, flow style, a List of
-// the documents; and hand-written anchors, aliases and merge keys.
+// seedShapes are seeds of the fuzz targets: the manifests under dir as they
+// are, and rewritten into the shapes users feed doctor: CRLF line endings, no
+// final newline, a byte order mark, JSON, flow style, a List of the
+// documents; and hand-written anchors, aliases and merge keys.
 func seedShapes(t testing.TB, dir string) [][]byte {
 	t.Helper()
 	var seeds [][]byte
@@ -116,9 +115,22 @@ spec:
 
 // FuzzReadFiles feeds the manifest reader arbitrary bytes: it never panics,
 // what it reads are Kubernetes objects (with apiVersion and kind) at mapping
-// nodes, and its errors and notes stay short.
+// nodes, and its errors and notes stay short. Its seeds are the shapes of the
+// workload fixtures and the public manifests of the corpus.
 func FuzzReadFiles(f *testing.F) {
-	for _, s := range seedShapes(f, "testdata") {
+	seeds := seedShapes(f, fixtures)
+	err := filepath.WalkDir("testdata/corpus", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || filepath.Ext(p) == ".md" {
+			return err
+		}
+		data, err := os.ReadFile(p)
+		seeds = append(seeds, data)
+		return err
+	})
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, s := range seeds {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
