@@ -2,7 +2,6 @@ package doctor
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -24,19 +23,21 @@ var (
 	client  *kube.Client
 )
 
-// TestMain starts a control plane with two fake nodes; each test installs
-// what it needs.
+// TestMain starts a control plane with two fake nodes, running the real
+// istiod once it is installed; each test installs what it needs.
 func TestMain(m *testing.M) {
 	os.Exit(testcluster.Main(m, []testcluster.Node{{Name: "node-a"}, {Name: "node-b"}}, func(c *testcluster.Cluster) error {
 		cluster = c
 		var err error
-		client, err = kube.Connect(context.Background(), kube.Options{Kubeconfig: c.Kubeconfig})
-		return err
+		if client, err = kube.Connect(context.Background(), kube.Options{Kubeconfig: c.Kubeconfig}); err != nil {
+			return err
+		}
+		return c.RunIstiod()
 	}))
 }
 
-// installOverlay installs overlay and does what istiod does once it runs:
-// fill its webhooks' CA bundle.
+// installOverlay installs overlay; istiod, which the cluster runs, writes
+// its webhooks' CA bundles (install waits for them).
 func installOverlay(t *testing.T, overlay string) {
 	t.Helper()
 	ctx := context.Background()
@@ -50,35 +51,6 @@ func installOverlay(t *testing.T, overlay string) {
 		t.Fatal(err)
 	}
 	if _, err := (&install.Installer{Client: client}).Install(ctx, install.Options{Installation: inst, Objects: objs, Timeout: 2 * time.Minute}); err != nil {
-		t.Fatal(err)
-	}
-	fillCABundles(t)
-}
-
-func fillCABundles(t *testing.T) {
-	t.Helper()
-	ctx := context.Background()
-	patch := func(kind string, names []string) []byte {
-		var hooks []string
-		for _, n := range names {
-			hooks = append(hooks, fmt.Sprintf(`{"name":%q,"clientConfig":{"caBundle":"Y2E="}}`, n))
-		}
-		return []byte(`{"webhooks":[` + strings.Join(hooks, ",") + `]}`)
-	}
-	mw, err := client.Kube.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "istio-sidecar-injector", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, h := range mw.Webhooks {
-		names = append(names, h.Name)
-	}
-	if _, err := client.Kube.AdmissionregistrationV1().MutatingWebhookConfigurations().Patch(ctx, mw.Name, types.StrategicMergePatchType,
-		patch("Mutating", names), metav1.PatchOptions{FieldManager: "pilot-discovery"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := client.Kube.AdmissionregistrationV1().ValidatingWebhookConfigurations().Patch(ctx, "istio-validator-istio-system", types.StrategicMergePatchType,
-		patch("Validating", []string{"rev.validation.istio.io"}), metav1.PatchOptions{FieldManager: "pilot-discovery"}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -137,25 +109,6 @@ func TestCluster(t *testing.T) {
 	if r := check(t); len(r.Findings) > 0 {
 		t.Fatalf("clean install: %v", ids(r))
 	}
-
-	t.Run("webhook without a CA bundle", func(t *testing.T) {
-		defer fillCABundles(t)
-		if _, err := client.Kube.AdmissionregistrationV1().ValidatingWebhookConfigurations().Patch(ctx, "istio-validator-istio-system", types.JSONPatchType,
-			[]byte(`[{"op":"remove","path":"/webhooks/0/clientConfig/caBundle"}]`), metav1.PatchOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := client.Kube.AdmissionregistrationV1().MutatingWebhookConfigurations().Patch(ctx, "istio-sidecar-injector", types.JSONPatchType,
-			[]byte(`[{"op":"remove","path":"/webhooks/1/clientConfig/caBundle"}]`), metav1.PatchOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		r := check(t)
-		if !hasFinding(r, WebhookCABundle, "ValidatingWebhookConfiguration/istio-validator-istio-system", "rev.validation.istio.io have no caBundle") {
-			t.Errorf("findings %v", ids(r))
-		}
-		if !hasFinding(r, WebhookCABundle, "MutatingWebhookConfiguration/istio-sidecar-injector", "rev.object.sidecar-injector.istio.io have no caBundle") {
-			t.Errorf("findings %v", ids(r))
-		}
-	})
 
 	t.Run("CNI agent not ready on a node", func(t *testing.T) {
 		// A node no kubelet serves: the agent's pod there never runs. The
