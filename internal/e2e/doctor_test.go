@@ -42,7 +42,9 @@ func TestDoctorWithIstiod(t *testing.T) {
 		if _, err := c.Kube.CoreV1().Pods("kubeflow").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = c.Kube.CoreV1().Pods("kubeflow").Delete(context.Background(), "old-proxy", metav1.DeleteOptions{}) })
+		t.Cleanup(func() {
+			_ = c.Kube.CoreV1().Pods("kubeflow").Delete(context.Background(), "old-proxy", metav1.DeleteOptions{})
+		})
 		if f := findings(t, c); !slices.Contains(f, doctor.OutdatedProxy+" Pod/kubeflow/old-proxy") {
 			t.Errorf("findings %v, want KF106 for Pod/kubeflow/old-proxy", f)
 		}

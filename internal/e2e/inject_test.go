@@ -362,4 +362,3 @@ func order(l []any) []string {
 }
 
 func ptr[T any](v T) *T { return &v }
-
