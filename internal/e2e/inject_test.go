@@ -292,14 +292,7 @@ func diffValues(path string, a, b any, out *[]string) {
 		if !ok {
 			break
 		}
-		keys := map[string]bool{}
-		for k := range av {
-			keys[k] = true
-		}
-		for k := range bv {
-			keys[k] = true
-		}
-		for k := range keys {
+		for k := range keysOf(av, bv) {
 			diffValues(join(path, k), av[k], bv[k], out)
 		}
 		return
@@ -309,14 +302,7 @@ func diffValues(path string, a, b any, out *[]string) {
 			break
 		}
 		if an, bn := names(av), names(bv); an != nil && bn != nil {
-			keys := map[string]bool{}
-			for k := range an {
-				keys[k] = true
-			}
-			for k := range bn {
-				keys[k] = true
-			}
-			for k := range keys {
+			for k := range keysOf(an, bn) {
 				diffValues(fmt.Sprintf("%s[%s]", path, k), an[k], bn[k], out)
 			}
 			if slices.Equal(order(av), order(bv)) || len(an) != len(bn) {
@@ -329,6 +315,17 @@ func diffValues(path string, a, b any, out *[]string) {
 	ja, _ := json.Marshal(a)
 	jb, _ := json.Marshal(b)
 	*out = append(*out, fmt.Sprintf("%s: istiod %s, simulated %s", path, ja, jb))
+}
+
+// keysOf returns the keys of a and b.
+func keysOf(a, b map[string]any) map[string]bool {
+	keys := map[string]bool{}
+	for _, m := range []map[string]any{a, b} {
+		for k := range m {
+			keys[k] = true
+		}
+	}
+	return keys
 }
 
 func join(path, k string) string {

@@ -424,9 +424,13 @@ func ContainerEnv(ctx context.Context, kc kubernetes.Interface, pod *corev1.Pod,
 			case from.ResourceFieldRef != nil:
 				v, err = resourceField(ctr, from.ResourceFieldRef)
 			case from.ConfigMapKeyRef != nil:
-				v, err = configMapKey(ctx, kc, pod.Namespace, from.ConfigMapKeyRef)
+				var data map[string][]byte
+				data, err = sourceData(ctx, kc, pod.Namespace, from.ConfigMapKeyRef.Name, false, from.ConfigMapKeyRef.Optional)
+				v = string(data[from.ConfigMapKeyRef.Key])
 			case from.SecretKeyRef != nil:
-				v, err = secretKey(ctx, kc, pod.Namespace, from.SecretKeyRef)
+				var data map[string][]byte
+				data, err = sourceData(ctx, kc, pod.Namespace, from.SecretKeyRef.Name, true, from.SecretKeyRef.Optional)
+				v = string(data[from.SecretKeyRef.Key])
 			}
 			if err != nil {
 				return nil, fmt.Errorf("env %s: %w", e.Name, err)
@@ -488,26 +492,31 @@ func resourceField(ctr *corev1.Container, ref *corev1.ResourceFieldSelector) (st
 	return "", fmt.Errorf("resource %s without a value is not supported", ref.Resource)
 }
 
-func configMapKey(ctx context.Context, kc kubernetes.Interface, ns string, ref *corev1.ConfigMapKeySelector) (string, error) {
-	cm, err := kc.CoreV1().ConfigMaps(ns).Get(ctx, ref.Name, metav1.GetOptions{})
-	if err != nil {
-		if apierrors.IsNotFound(err) && ref.Optional != nil && *ref.Optional {
-			return "", nil
+// sourceData returns the data of the ConfigMap (or, with secret, the Secret)
+// name in ns; nil when it does not exist and optional is set.
+func sourceData(ctx context.Context, kc kubernetes.Interface, ns, name string, secret bool, optional *bool) (map[string][]byte, error) {
+	data := map[string][]byte{}
+	var err error
+	if secret {
+		var s *corev1.Secret
+		if s, err = kc.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{}); err == nil {
+			data = s.Data
 		}
-		return "", err
-	}
-	return cm.Data[ref.Key], nil
-}
-
-func secretKey(ctx context.Context, kc kubernetes.Interface, ns string, ref *corev1.SecretKeySelector) (string, error) {
-	s, err := kc.CoreV1().Secrets(ns).Get(ctx, ref.Name, metav1.GetOptions{})
-	if err != nil {
-		if apierrors.IsNotFound(err) && ref.Optional != nil && *ref.Optional {
-			return "", nil
+	} else {
+		var cm *corev1.ConfigMap
+		if cm, err = kc.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{}); err == nil {
+			for k, v := range cm.Data {
+				data[k] = []byte(v)
+			}
+			for k, v := range cm.BinaryData {
+				data[k] = v
+			}
 		}
-		return "", err
 	}
-	return string(s.Data[ref.Key]), nil
+	if apierrors.IsNotFound(err) && optional != nil && *optional {
+		return nil, nil
+	}
+	return data, err
 }
 
 // mountVolumes writes what each volume the container mounts holds under
@@ -545,9 +554,9 @@ func (r *istiodRunner) volumeFiles(ctx context.Context, pod *corev1.Pod, v *core
 	switch {
 	case v.EmptyDir != nil:
 	case v.ConfigMap != nil:
-		return files, r.addConfigMap(ctx, pod.Namespace, v.ConfigMap.Name, v.ConfigMap.Items, v.ConfigMap.Optional, files)
+		return files, r.addSource(ctx, pod.Namespace, v.ConfigMap.Name, false, v.ConfigMap.Items, v.ConfigMap.Optional, files)
 	case v.Secret != nil:
-		return files, r.addSecret(ctx, pod.Namespace, v.Secret.SecretName, v.Secret.Items, v.Secret.Optional, files)
+		return files, r.addSource(ctx, pod.Namespace, v.Secret.SecretName, true, v.Secret.Items, v.Secret.Optional, files)
 	case v.DownwardAPI != nil:
 		return files, downwardFiles(pod, v.DownwardAPI.Items, files)
 	case v.Projected != nil:
@@ -559,9 +568,9 @@ func (r *istiodRunner) volumeFiles(ctx context.Context, pod *corev1.Pod, v *core
 				tok, err = r.token(ctx, pod, s.ServiceAccountToken.Audience, s.ServiceAccountToken.ExpirationSeconds)
 				files[s.ServiceAccountToken.Path] = []byte(tok)
 			case s.ConfigMap != nil:
-				err = r.addConfigMap(ctx, pod.Namespace, s.ConfigMap.Name, s.ConfigMap.Items, s.ConfigMap.Optional, files)
+				err = r.addSource(ctx, pod.Namespace, s.ConfigMap.Name, false, s.ConfigMap.Items, s.ConfigMap.Optional, files)
 			case s.Secret != nil:
-				err = r.addSecret(ctx, pod.Namespace, s.Secret.Name, s.Secret.Items, s.Secret.Optional, files)
+				err = r.addSource(ctx, pod.Namespace, s.Secret.Name, true, s.Secret.Items, s.Secret.Optional, files)
 			case s.DownwardAPI != nil:
 				err = downwardFiles(pod, s.DownwardAPI.Items, files)
 			default:
@@ -577,35 +586,11 @@ func (r *istiodRunner) volumeFiles(ctx context.Context, pod *corev1.Pod, v *core
 	return files, nil
 }
 
-func (r *istiodRunner) addConfigMap(ctx context.Context, ns, name string, items []corev1.KeyToPath, optional *bool, files map[string][]byte) error {
-	cm, err := r.kc.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		if apierrors.IsNotFound(err) && optional != nil && *optional {
-			return nil
-		}
-		return err
-	}
-	data := map[string][]byte{}
-	for k, v := range cm.Data {
-		data[k] = []byte(v)
-	}
-	for k, v := range cm.BinaryData {
-		data[k] = v
-	}
+// addSource adds the files of a ConfigMap or Secret volume source.
+func (r *istiodRunner) addSource(ctx context.Context, ns, name string, secret bool, items []corev1.KeyToPath, optional *bool, files map[string][]byte) error {
+	data, err := sourceData(ctx, r.kc, ns, name, secret, optional)
 	addKeys(data, items, files)
-	return nil
-}
-
-func (r *istiodRunner) addSecret(ctx context.Context, ns, name string, items []corev1.KeyToPath, optional *bool, files map[string][]byte) error {
-	s, err := r.kc.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		if apierrors.IsNotFound(err) && optional != nil && *optional {
-			return nil
-		}
-		return err
-	}
-	addKeys(s.Data, items, files)
-	return nil
+	return err
 }
 
 // downwardFiles adds the files of downward API items.
