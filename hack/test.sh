@@ -7,5 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./hack/build-controlplane.sh
+./hack/build-istiod.sh
 export PATH="$PWD/_output/bin:$PATH" KFISTIO_REQUIRE_KUBECTL=1
 go test -timeout 30m ./... "$@"

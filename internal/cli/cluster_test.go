@@ -12,7 +12,8 @@ import (
 
 var gkeCluster *testcluster.Cluster
 
-// TestMain starts a control plane whose nodes look like GKE's.
+// TestMain starts a control plane whose nodes look like GKE's, running the
+// real istiod once it is installed.
 func TestMain(m *testing.M) {
 	var nodes []testcluster.Node
 	for i := 0; i < 2; i++ {
@@ -22,7 +23,7 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(testcluster.Main(m, nodes, func(c *testcluster.Cluster) error {
 		gkeCluster = c
-		return nil
+		return c.RunIstiod()
 	}))
 }
 

@@ -43,7 +43,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// liveCluster starts a control plane with two fake nodes, once.
+// liveCluster starts, once, a control plane with two fake nodes that runs
+// the real istiod once it is installed.
 func liveCluster(t *testing.T) {
 	t.Helper()
 	clusterOnce.Do(func() {
@@ -60,15 +61,18 @@ func liveCluster(t *testing.T) {
 		if clusterErr = cluster.AddNodes(ctx, testcluster.Node{Name: "node-a"}, testcluster.Node{Name: "node-b"}); clusterErr != nil {
 			return
 		}
-		client, clusterErr = kube.Connect(ctx, kube.Options{Kubeconfig: cluster.Kubeconfig})
+		if client, clusterErr = kube.Connect(ctx, kube.Options{Kubeconfig: cluster.Kubeconfig}); clusterErr != nil {
+			return
+		}
+		clusterErr = cluster.RunIstiod()
 	})
 	if clusterErr != nil {
 		t.Fatalf("cluster tests cannot run: %v", clusterErr)
 	}
 }
 
-// installOverlay installs overlay and does what istiod does once it runs:
-// fill its webhooks' CA bundle.
+// installOverlay installs overlay; istiod, which the cluster runs, writes
+// its webhooks' CA bundles (install waits for them).
 func installOverlay(t *testing.T, overlay string) {
 	t.Helper()
 	ctx := context.Background()
@@ -82,35 +86,6 @@ func installOverlay(t *testing.T, overlay string) {
 		t.Fatal(err)
 	}
 	if _, err := (&install.Installer{Client: client}).Install(ctx, install.Options{Installation: inst, Objects: objs, Timeout: 2 * time.Minute}); err != nil {
-		t.Fatal(err)
-	}
-	fillCABundles(t)
-}
-
-func fillCABundles(t *testing.T) {
-	t.Helper()
-	ctx := context.Background()
-	patch := func(kind string, names []string) []byte {
-		var hooks []string
-		for _, n := range names {
-			hooks = append(hooks, fmt.Sprintf(`{"name":%q,"clientConfig":{"caBundle":"Y2E="}}`, n))
-		}
-		return []byte(`{"webhooks":[` + strings.Join(hooks, ",") + `]}`)
-	}
-	mw, err := client.Kube.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "istio-sidecar-injector", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, h := range mw.Webhooks {
-		names = append(names, h.Name)
-	}
-	if _, err := client.Kube.AdmissionregistrationV1().MutatingWebhookConfigurations().Patch(ctx, mw.Name, types.StrategicMergePatchType,
-		patch("Mutating", names), metav1.PatchOptions{FieldManager: "pilot-discovery"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := client.Kube.AdmissionregistrationV1().ValidatingWebhookConfigurations().Patch(ctx, "istio-validator-istio-system", types.StrategicMergePatchType,
-		patch("Validating", []string{"rev.validation.istio.io"}), metav1.PatchOptions{FieldManager: "pilot-discovery"}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -191,25 +166,6 @@ func TestCluster(t *testing.T) {
 	if r := check(t); len(r.Findings) > 0 {
 		t.Fatalf("clean install: %v", ids(r))
 	}
-
-	t.Run("webhook without a CA bundle", func(t *testing.T) {
-		defer fillCABundles(t)
-		if _, err := client.Kube.AdmissionregistrationV1().ValidatingWebhookConfigurations().Patch(ctx, "istio-validator-istio-system", types.JSONPatchType,
-			[]byte(`[{"op":"remove","path":"/webhooks/0/clientConfig/caBundle"}]`), metav1.PatchOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := client.Kube.AdmissionregistrationV1().MutatingWebhookConfigurations().Patch(ctx, "istio-sidecar-injector", types.JSONPatchType,
-			[]byte(`[{"op":"remove","path":"/webhooks/1/clientConfig/caBundle"}]`), metav1.PatchOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		r := check(t)
-		if !hasFinding(r, WebhookCABundle, "ValidatingWebhookConfiguration/istio-validator-istio-system", "rev.validation.istio.io have no caBundle") {
-			t.Errorf("findings %v", ids(r))
-		}
-		if !hasFinding(r, WebhookCABundle, "MutatingWebhookConfiguration/istio-sidecar-injector", "rev.object.sidecar-injector.istio.io have no caBundle") {
-			t.Errorf("findings %v", ids(r))
-		}
-	})
 
 	t.Run("CNI agent not ready on a node", func(t *testing.T) {
 		// A node no kubelet serves: the agent's pod there never runs. The

@@ -11,7 +11,6 @@ import (
 	istioinject "istio.io/istio/pkg/kube/inject"
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -92,11 +91,11 @@ func New(objs []*unstructured.Unstructured) (*Injector, error) {
 			return nil, fmt.Errorf("%s: %w", object.Key(o), err)
 		}
 		for _, h := range w.Webhooks {
-			ns, err := selector(h.NamespaceSelector)
+			ns, err := object.WebhookSelector(h.NamespaceSelector)
 			if err != nil {
 				return nil, fmt.Errorf("%s webhook %s: %w", object.Key(o), h.Name, err)
 			}
-			ob, err := selector(h.ObjectSelector)
+			ob, err := object.WebhookSelector(h.ObjectSelector)
 			if err != nil {
 				return nil, fmt.Errorf("%s webhook %s: %w", object.Key(o), h.Name, err)
 			}
@@ -104,15 +103,6 @@ func New(objs []*unstructured.Unstructured) (*Injector, error) {
 		}
 	}
 	return in, nil
-}
-
-// selector is s as a selector; an absent selector selects everything, as the
-// API server reads it.
-func selector(s *metav1.LabelSelector) (labels.Selector, error) {
-	if s == nil {
-		return labels.Everything(), nil
-	}
-	return metav1.LabelSelectorAsSelector(s)
 }
 
 // Selects reports whether the API server would send a pod with podLabels in
@@ -150,6 +140,10 @@ var featureMu sync.Mutex
 // sidecar injected, as the API server would store it. Workloads that Istio
 // would not inject come back unchanged.
 func (in *Injector) Inject(workload *unstructured.Unstructured) (*unstructured.Unstructured, error) {
+	workload = workload.DeepCopy()
+	if err := object.EditPodSpec(workload, defaultPorts); err != nil {
+		return nil, fmt.Errorf("inject %s: %w", object.Key(workload), err)
+	}
 	raw, err := json.Marshal(workload.Object)
 	if err != nil {
 		return nil, err
@@ -176,6 +170,23 @@ func (in *Injector) Inject(workload *unstructured.Unstructured) (*unstructured.U
 		return nil, fmt.Errorf("inject %s: %w", object.Key(workload), err)
 	}
 	return u, nil
+}
+
+// defaultPorts does what the API server's defaulting does to container
+// ports before it sends a pod to the injection webhook
+// (SetDefaults_ContainerPort in k8s.io/kubernetes/pkg/apis/core/v1): a port
+// without a protocol is TCP. The injector copies the ports into the proxy's
+// ISTIO_META_POD_PORTS, so the simulation has to see them as istiod does.
+func defaultPorts(spec *corev1.PodSpec) {
+	for _, cs := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
+		for i := range cs {
+			for j := range cs[i].Ports {
+				if cs[i].Ports[j].Protocol == "" {
+					cs[i].Ports[j].Protocol = corev1.ProtocolTCP
+				}
+			}
+		}
+	}
 }
 
 // defaultVolumes does what the API server's defaulting does to a volume

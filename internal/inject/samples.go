@@ -36,3 +36,27 @@ func Samples() ([]*unstructured.Unstructured, error) {
 	}
 	return out, nil
 }
+
+// Namespace labels that decide how a namespace's pods join the mesh.
+const (
+	InjectionLabel = "istio-injection"
+	DataplaneLabel = "istio.io/dataplane-mode"
+)
+
+// SampleNamespaceLabels are the labels of the namespace of a sample workload
+// in a build: as the build labels it, and labelled for injection, as Kubeflow
+// labels its namespaces, unless the build puts it in ambient mode.
+func SampleNamespaceLabels(objs []*unstructured.Unstructured, name string) map[string]string {
+	labels := map[string]string{}
+	if ns := object.Index(objs)[object.KeyOf("Namespace", "", name)]; ns != nil {
+		for k, v := range ns.GetLabels() {
+			labels[k] = v
+		}
+	}
+	if _, ambient := labels[DataplaneLabel]; !ambient {
+		if _, set := labels[InjectionLabel]; !set {
+			labels[InjectionLabel] = "enabled"
+		}
+	}
+	return labels
+}

@@ -111,7 +111,12 @@ func (in *Installer) Install(ctx context.Context, o Options) (ChangeSet, error) 
 			in.Client.ResetDiscovery()
 		}
 		if s.wait != "" && !o.DryRun {
-			err := in.step("Waiting for "+s.wait, func() error { return in.wait(ctx, "waiting for "+s.wait, s.objs, o.Timeout) })
+			err := in.step("Waiting for "+s.wait, func() error {
+				if err := in.wait(ctx, "waiting for "+s.wait, s.objs, o.Timeout); err != nil || s.name != stageWebhooks || !validates(s.objs) {
+					return err
+				}
+				return in.waitValidation(ctx, "waiting for "+s.wait, o.Timeout)
+			})
 			if err != nil {
 				return r.changes, err
 			}

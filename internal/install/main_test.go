@@ -13,14 +13,15 @@ import (
 	"github.com/kubeflow/kfistio/internal/testcluster"
 )
 
-// cluster is the real control plane every test of this package shares; the
-// tests run one after another and each leaves the cluster as it found it.
+// cluster is the real control plane every test of this package shares, with
+// the real istiod running whenever an installation holds it; the tests run
+// one after another and each leaves the cluster as it found it.
 var cluster *testcluster.Cluster
 
 func TestMain(m *testing.M) {
 	os.Exit(testcluster.Main(m, []testcluster.Node{{Name: "node-a"}, {Name: "node-b"}}, func(c *testcluster.Cluster) error {
 		cluster = c
-		return nil
+		return c.RunIstiod()
 	}))
 }
 

@@ -26,11 +26,13 @@ const (
 
 // stageOrder is Istio's component order: the base (CRDs) first, then istiod
 // and the CNI node agent, then the webhooks istiod serves, then gateways and
-// the Istio configuration that istiod validates and distributes.
+// the Istio configuration that istiod validates and distributes. The
+// validating webhooks fail closed, so that configuration is applied only
+// once istiod has written the CA bundle of every webhook.
 var stageOrder = []struct{ name, wait string }{
 	{stageFoundation, "CustomResourceDefinitions Established, namespaces Active"},
 	{stageControlPlane, "istiod and the CNI node agent ready"},
-	{stageWebhooks, ""},
+	{stageWebhooks, "istiod to serve its webhooks"},
 	{stageGateways, "gateways ready"},
 }
 

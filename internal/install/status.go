@@ -67,7 +67,7 @@ func (in *Installer) Status(ctx context.Context, inv *Inventory, objs []*unstruc
 		case err != nil:
 			return nil, fmt.Errorf("get %s: %w", c.Object, err)
 		default:
-			st, err := status.Compute(live)
+			st, err := readiness(live)
 			if err != nil {
 				return nil, err
 			}

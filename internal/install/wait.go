@@ -43,10 +43,35 @@ func (e *NotReadyError) Error() string {
 // waitable reports whether the readiness of o is worth waiting for.
 func waitable(o *unstructured.Unstructured) bool {
 	switch o.GetKind() {
-	case "CustomResourceDefinition", "Deployment", "DaemonSet", "StatefulSet":
+	case "CustomResourceDefinition", "Deployment", "DaemonSet", "StatefulSet",
+		"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration":
 		return true
 	}
 	return false
+}
+
+// readiness is kstatus's status of o; a webhook configuration, which kstatus
+// sees as current once it exists, is ready when every webhook has the CA
+// bundle istiod writes: before that, the API server cannot call it.
+func readiness(o *unstructured.Unstructured) (*status.Result, error) {
+	switch o.GetKind() {
+	case "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration":
+		hooks, _, _ := unstructured.NestedSlice(o.Object, "webhooks")
+		var missing []string
+		for _, h := range hooks {
+			m, _ := h.(map[string]any)
+			if b, _, _ := unstructured.NestedString(m, "clientConfig", "caBundle"); b == "" {
+				missing = append(missing, fmt.Sprint(m["name"]))
+			}
+		}
+		if len(missing) > 0 {
+			return &status.Result{Status: status.InProgressStatus, Message: fmt.Sprintf(
+				"webhooks %s have no CA bundle: istiod writes it once it serves them; check kubectl logs -n istio-system deploy/istiod, and once istiod may update the webhook again, restart it (kubectl rollout restart -n istio-system deploy/istiod)",
+				strings.Join(missing, ", "))}, nil
+		}
+		return &status.Result{Status: status.CurrentStatus}, nil
+	}
+	return status.Compute(o)
 }
 
 const pollInterval = 500 * time.Millisecond
@@ -83,7 +108,7 @@ func (in *Installer) wait(ctx context.Context, what string, objs []*unstructured
 				}
 				return fmt.Errorf("%s: get %s: %w", what, key, err)
 			}
-			st, err := status.Compute(live)
+			st, err := readiness(live)
 			if err != nil {
 				return fmt.Errorf("%s: status of %s: %w", what, key, err)
 			}

@@ -1,8 +1,9 @@
 // Package testcluster starts a real, local Kubernetes control plane for tests:
 // etcd, kube-apiserver, kube-controller-manager and kube-scheduler, with kwok
 // acting as the kubelet of fake nodes, so that Deployments become Available
-// and DaemonSets roll out. Everything listens on 127.0.0.1; Service IPs and
-// pod IPs are loopback addresses too, so nothing ever dials out.
+// and DaemonSets roll out. Everything listens on loopback addresses of the
+// cluster's slot (slot.go); Service IPs and pod IPs are loopback addresses
+// too, so nothing ever dials out.
 //
 // The binaries come from hack/build-controlplane.sh (in _output/bin).
 package testcluster
@@ -83,13 +84,19 @@ type Cluster struct {
 	// Config is the same as a rest.Config.
 	Config *rest.Config
 	procs  []*process
+	slot   *slot
+	istiod *istiodRunner
 }
 
 type process struct {
 	name, bin string
 	args      []string
-	cmd       *exec.Cmd
-	log       string
+	// env, when set, is the whole environment; dir, when set, the working
+	// directory.
+	env []string
+	dir string
+	cmd *exec.Cmd
+	log string
 	// done is closed when the process has exited, with its error in err.
 	done chan struct{}
 	err  error
@@ -101,7 +108,11 @@ func Start(ctx context.Context, dir string) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{Dir: dir, Kubeconfig: filepath.Join(dir, "admin.kubeconfig")}
+	s, err := claimSlot()
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{Dir: dir, Kubeconfig: filepath.Join(dir, "admin.kubeconfig"), slot: s}
 	if err := c.start(ctx, bin); err != nil {
 		_ = c.Stop()
 		return nil, err
@@ -114,7 +125,8 @@ func (c *Cluster) start(ctx context.Context, bin string) error {
 	if err != nil {
 		return err
 	}
-	local := []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("127.0.100.1")}
+	s := c.slot
+	local := []net.IP{net.ParseIP(s.host()), net.ParseIP(s.kubernetesServiceIP())}
 	dns := []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}
 	if err := p.issue(c.Dir, "apiserver", pkix.Name{CommonName: "kube-apiserver"}, local, dns, x509.ExtKeyUsageServerAuth); err != nil {
 		return err
@@ -125,17 +137,12 @@ func (c *Cluster) start(ctx context.Context, bin string) error {
 	if err := serviceAccountKey(c.Dir); err != nil {
 		return err
 	}
-	ports, err := freePorts(4)
-	if err != nil {
-		return err
-	}
-	etcdClient, etcdPeer, apiPort, kwokPort := ports[0], ports[1], ports[2], ports[3]
 	f := func(name string) string { return filepath.Join(c.Dir, name) }
-	if err := c.writeKubeconfig(apiPort); err != nil {
+	if err := c.writeKubeconfig(); err != nil {
 		return err
 	}
-	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", etcdClient)
-	peerURL := fmt.Sprintf("http://127.0.0.1:%d", etcdPeer)
+	etcdURL := "http://" + s.hostPort(etcdClientPort)
+	peerURL := "http://" + s.hostPort(etcdPeerPort)
 	if err := c.run(bin, "etcd",
 		"--name=default", "--data-dir="+f("etcd"),
 		"--listen-client-urls="+etcdURL, "--advertise-client-urls="+etcdURL,
@@ -145,8 +152,8 @@ func (c *Cluster) start(ctx context.Context, bin string) error {
 	}
 	if err := c.run(bin, "kube-apiserver",
 		"--etcd-servers="+etcdURL,
-		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", apiPort),
-		"--endpoint-reconciler-type=none", "--service-cluster-ip-range=127.0.100.0/24",
+		"--bind-address="+s.host(), "--advertise-address="+s.host(), fmt.Sprintf("--secure-port=%d", apiServerPort),
+		"--endpoint-reconciler-type=none", "--service-cluster-ip-range="+s.serviceCIDR(),
 		"--client-ca-file="+f("ca.crt"), "--tls-cert-file="+f("apiserver.crt"), "--tls-private-key-file="+f("apiserver.key"),
 		"--cert-dir="+f("apiserver-certs"),
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -160,12 +167,12 @@ func (c *Cluster) start(ctx context.Context, bin string) error {
 	if err := c.run(bin, "kube-controller-manager",
 		"--kubeconfig="+c.Kubeconfig, "--leader-elect=false", "--use-service-account-credentials=false",
 		"--service-account-private-key-file="+f("sa.key"), "--root-ca-file="+f("ca.crt"),
-		"--bind-address=127.0.0.1", "--secure-port=0", "--profiling=false"); err != nil {
+		"--bind-address="+s.host(), "--secure-port=0", "--profiling=false"); err != nil {
 		return err
 	}
 	if err := c.run(bin, "kube-scheduler",
 		"--kubeconfig="+c.Kubeconfig, "--leader-elect=false",
-		"--bind-address=127.0.0.1", "--secure-port=0", "--profiling=false"); err != nil {
+		"--bind-address="+s.host(), "--secure-port=0", "--profiling=false"); err != nil {
 		return err
 	}
 	stages, err := stageConfig(bin, c.Dir)
@@ -175,7 +182,7 @@ func (c *Cluster) start(ctx context.Context, bin string) error {
 	return c.run(bin, "kwok",
 		"--kubeconfig="+c.Kubeconfig, "--config="+stages,
 		"--manage-all-nodes=false", "--manage-nodes-with-annotation-selector="+KwokNodeAnnotation+"=fake",
-		"--cidr=127.1.0.0/16", "--node-ip=127.0.0.1", fmt.Sprintf("--server-address=127.0.0.1:%d", kwokPort),
+		"--cidr="+s.podCIDR(), "--node-ip="+s.host(), "--server-address="+s.hostPort(kwokPort),
 		// Nodes renew leases, as kubelets do; without them the node lifecycle
 		// controller marks the nodes, and their pods, not ready after 40s.
 		"--node-lease-duration-seconds=40")
@@ -201,10 +208,10 @@ func stageConfig(bin, dir string) (string, error) {
 	return path, os.WriteFile(path, b.Bytes(), 0o600)
 }
 
-func (c *Cluster) writeKubeconfig(port int) error {
+func (c *Cluster) writeKubeconfig() error {
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters["test"] = &clientcmdapi.Cluster{
-		Server:               fmt.Sprintf("https://127.0.0.1:%d", port),
+		Server:               "https://" + c.slot.hostPort(apiServerPort),
 		CertificateAuthority: filepath.Join(c.Dir, "ca.crt"),
 	}
 	cfg.AuthInfos["admin"] = &clientcmdapi.AuthInfo{
@@ -240,7 +247,10 @@ func (p *process) start(dir string) error {
 	}
 	cmd := exec.Command(filepath.Join(p.bin, p.name), p.args...)
 	cmd.Stdout, cmd.Stderr = out, out
-	cmd.Dir = dir
+	cmd.Dir, cmd.Env = dir, p.env
+	if p.dir != "" {
+		cmd.Dir = p.dir
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		_ = out.Close()
@@ -287,19 +297,29 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 // etcd) and waits for them.
 func (c *Cluster) Stop() error {
 	var errs []error
+	if c.istiod != nil {
+		errs = append(errs, c.istiod.stop())
+		c.istiod = nil
+	}
 	for i := len(c.procs) - 1; i >= 0; i-- {
-		p := c.procs[i]
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(10 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.done
-			errs = append(errs, fmt.Errorf("%s did not stop on SIGTERM", p.name))
-		}
+		errs = append(errs, c.procs[i].stop())
 	}
 	c.procs = nil
+	c.slot.release()
 	return errors.Join(errs...)
+}
+
+// stop ends the process with SIGTERM, or SIGKILL when it does not stop.
+func (p *process) stop() error {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		return fmt.Errorf("%s did not stop on SIGTERM", p.name)
+	}
 }
 
 // StopAPIServer kills kube-apiserver alone, to test what clients do when it
@@ -402,25 +422,6 @@ func tail(path string) string {
 		lines = lines[len(lines)-30:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			_ = l.Close()
-		}
-	}()
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 // Main runs the tests of a package against one cluster with nodes, started

@@ -53,6 +53,7 @@ var checks = []check{
 	{"F16", "Kubeflow ClusterRoles for Istio", with(partKubeflow), checkClusterRoles},
 	{"F17", "m2m-auth on the cluster-local gateway", with(partM2M), checkM2M},
 	{"F18", "Istio " + upstream.Release + " everywhere, no other Istio version", always, checkVersions},
+	{"F19", "istiod validates Istio config with and without istio.io/rev, failing closed", with(partInstall), checkValidation},
 	{"A1", "ambient: ztunnel and the CNI node agent in ambient mode", install(func(t *target) bool { return t.overlay.Ambient }), checkZtunnel},
 	{"A2", "ambient: istiod serves ambient", install(func(t *target) bool { return t.overlay.Ambient }), istiodEnv("PILOT_ENABLE_AMBIENT", "true")},
 	{"A3", "ambient: pods of ambient namespaces get no sidecar", install(func(t *target) bool { return t.overlay.Ambient }), checkAmbientNamespaces},
@@ -72,8 +73,8 @@ const (
 	injectorCM      = inject.InjectorConfigMap
 	runtimeDefault  = string(corev1.SeccompProfileTypeRuntimeDefault)
 	enforceLabel    = podsecurity.EnforceLabel
-	injectionLabel  = "istio-injection"
-	dataplaneLabel  = "istio.io/dataplane-mode"
+	injectionLabel  = inject.InjectionLabel
+	dataplaneLabel  = inject.DataplaneLabel
 	chartLabel      = "helm.sh/chart"
 	versionLabel    = "app.kubernetes.io/version"
 	istioReleaseHub = "gcr.io/istio-release"

@@ -303,7 +303,7 @@ func (t *target) injections() ([]injection, error) {
 		for _, s := range samples {
 			r := injection{sample: s}
 			tpl, err := object.PodTemplate(s)
-			if err == nil && in.Selects(t.sampleNamespaceLabels(s.GetNamespace()), tpl.Labels) {
+			if err == nil && in.Selects(inject.SampleNamespaceLabels(t.objs, s.GetNamespace()), tpl.Labels) {
 				r.injected = true
 				var out *unstructured.Unstructured
 				if out, err = in.Inject(s); err == nil {
@@ -315,24 +315,6 @@ func (t *target) injections() ([]injection, error) {
 		}
 	})
 	return t.injected, t.injectErr
-}
-
-// sampleNamespaceLabels are the labels of a sample's namespace: as the build
-// labels it, and labelled for injection, as Kubeflow labels its namespaces,
-// unless the build puts it in ambient mode.
-func (t *target) sampleNamespaceLabels(name string) map[string]string {
-	labels := map[string]string{}
-	if ns := t.get("Namespace", "", name); ns != nil {
-		for k, v := range ns.GetLabels() {
-			labels[k] = v
-		}
-	}
-	if _, ambient := labels[dataplaneLabel]; !ambient {
-		if _, set := labels[injectionLabel]; !set {
-			labels[injectionLabel] = "enabled"
-		}
-	}
-	return labels
 }
 
 // check builds s and runs every check that applies to it.

@@ -338,6 +338,19 @@ func TestEachCheckFailsOnABrokenBuild(t *testing.T) {
 		{"stale chart label", "F18", dirSpec("istio-crds/base"), func(m *objects) {
 			m.set("CustomResourceDefinition/gateways.networking.istio.io", "base-1.28.3", "metadata", "labels", "helm.sh/chart")
 		}},
+		{"no default-revision validator", "F19", inst("oauth2-proxy"), func(m *objects) {
+			m.remove("ValidatingWebhookConfiguration/istiod-default-validator")
+		}},
+		{"default validator needs the revision label", "F19", dirSpec("istio-install/base"), func(m *objects) {
+			hooks, _, _ := unstructured.NestedSlice(m.get("ValidatingWebhookConfiguration/istiod-default-validator").Object, "webhooks")
+			hooks[0].(map[string]any)["objectSelector"] = map[string]any{"matchLabels": map[string]any{"istio.io/rev": "default"}}
+			m.set("ValidatingWebhookConfiguration/istiod-default-validator", hooks, "webhooks")
+		}},
+		{"revision validator fails open", "F19", inst("insecure"), func(m *objects) {
+			hooks, _, _ := unstructured.NestedSlice(m.get("ValidatingWebhookConfiguration/istio-validator-istio-system").Object, "webhooks")
+			hooks[0].(map[string]any)["failurePolicy"] = "Ignore"
+			m.set("ValidatingWebhookConfiguration/istio-validator-istio-system", hooks, "webhooks")
+		}},
 		{"no ztunnel", "A1", inst("ambient"), func(m *objects) { m.remove("DaemonSet/istio-system/ztunnel") }},
 		{"CNI agent not in ambient mode", "A1", dirSpec("istio-install/overlays/ambient-oauth2-proxy"), func(m *objects) {
 			m.set("ConfigMap/kube-system/istio-cni-config", "false", "data", "AMBIENT_ENABLED")
@@ -418,6 +431,8 @@ func TestRemovingAKubeflowChangeFailsItsFact(t *testing.T) {
 		{"kubeflow-istio-resources/base/kustomization.yaml", "- cluster-roles.yaml", []string{"kubeflow-istio-resources/base"}, "F16"},
 		{"istio-namespace/base/namespace.yaml", "    pod-security.kubernetes.io/enforce: restricted", []string{"istio-namespace/base"}, "F7"},
 		{"istio-install/base/kustomization.yaml", "- install.yaml", []string{"istio-install/base"}, "BUILD"},
+		{"istio-install/base/kustomization.yaml", "- path: patches/default-validator.yaml", []string{"oauth2-proxy"}, "F19"},
+		{"istio-install/base/kustomization.yaml", "- path: patches/validating-webhook.yaml", []string{"istio-install/base"}, "F19"},
 		{"istio-install/overlays/ambient-gke/kustomization.yaml", "- ../../components/ambient-gke", []string{"istio-install/overlays/ambient-gke"}, "F14"},
 		{"istio-install/components/ambient/kustomization.yaml", "- namespaces.yaml", []string{"istio-install/overlays/ambient"}, "A3"},
 		{"istio-install/components/ambient/kustomization.yaml", "- upstream", []string{"istio-install/overlays/ambient"}, "A1"},
