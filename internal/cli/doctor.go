@@ -3,48 +3,60 @@ package cli
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 
 	"github.com/spf13/cobra"
 
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/doctor"
-	"github.com/kubeflow/kfistio/internal/inject"
-	"github.com/kubeflow/kfistio/internal/podsecurity"
 )
 
+// doctorFlags are the options of kfistio doctor.
+type doctorFlags struct {
+	cluster        clusterFlags
+	files          []string
+	overlay        string
+	components     []string
+	manifests      string
+	nativeSidecars bool
+	fix            bool
+	output         string
+	failOn         string
+}
+
 func newDoctorCommand(s Streams) *cobra.Command {
-	var (
-		cluster    clusterFlags
-		files      []string
-		overlay    string
-		components []string
-		manifests  string
-		fix        bool
-		output     string
-		failOn     string
-	)
+	var f doctorFlags
 	cmd := &cobra.Command{
 		Use:   "doctor [-f FILE|DIR|-]...",
 		Short: "Find why workloads misbehave under the mesh, in manifests or on a cluster",
 		Long: `With -f, doctor reads workload manifests (Pod, Deployment, StatefulSet,
-DaemonSet, Job, CronJob, KServe InferenceService, Kubeflow Notebook), injects
-them with Istio's injector as the chosen overlay would, and reports what it can
-prove:
+DaemonSet, ReplicaSet, Job, CronJob, Knative Service, KServe InferenceService,
+Kubeflow Notebook and training jobs, also inside a List as kubectl get prints
+it), injects them with Istio's injector as the chosen overlay would, follows
+their traffic through the mesh's rules, and reports what it can prove:
 
-  KF001  an init container runs with its traffic redirected before any proxy
-         can serve it;
-  KF002  an init container reaches hosts outside the mesh through the sidecar;
-  KF003  a KServe storage initializer downloads a model from outside the mesh
-         through the sidecar;
+  KF001  an init container runs with its traffic redirected to a proxy that
+         has not started (no native sidecar, or ordered before it);
+  KF002  an init container's traffic through the sidecar: refused by the mesh,
+         or leaving it without mTLS;
+  KF003  the same for the download of a KServe storage initializer;
   KF004  a container runs as UID 1337, the sidecar's, and bypasses the mesh;
   KF005  the injected pod violates the Pod Security level of its namespace.
 
-With --fix it prints the manifests with the fixes applied (runAsUser 1337 on
-the init container, or the excludeOutboundIPRanges annotation on the
-InferenceService), leaving every other byte as it was; the report goes to
-standard error.
+A finding is a warning or an error only with evidence that traffic fails: a
+proxy that is not running yet, REGISTRY_ONLY, a Sidecar that leaves the
+destination out, a destination that requires mTLS. Otherwise it is info, a
+tip for when the mesh is stricter than the input shows. Namespaces, Sidecars,
+ServiceEntries, PeerAuthentications and the mesh ConfigMap in the input count
+as well as the overlay's; workloads of namespaces that Istio does not inject
+(istio-injection=disabled, another revision, ambient) are not findings.
+Already injected pods (kubectl get -o yaml) are judged as they are.
+
+With --fix it prints the manifests with the fixes of the findings at or above
+--fail-on applied (runAsUser 1337 on an init container that can run as that
+UID, the excludeOutboundIPRanges annotation on an InferenceService), leaving
+every other byte as it was, and says which fixes it could not apply; the
+report goes to standard error.
 
 Without -f, doctor checks the cluster of --kubeconfig/--context:
 
@@ -59,11 +71,14 @@ Without -f, doctor checks the cluster of --kubeconfig/--context:
 
 and then runs the workload checks on the workloads of injected namespaces.
 
-Exit status: 0 without findings at or above --fail-on, 1 with, 2 when doctor
-could not run.`,
+Exit status: 0 without findings at or above --fail-on (with --fix: that it
+could not fix), 1 with, 2 when doctor could not run or read an input.`,
 		Example: `  # Before deploying
   kfistio doctor -f notebook.yaml
   kustomize build my-app | kfistio doctor -f - --overlay insecure
+
+  # What a running pod would need
+  kubectl get pod -n team-a -o yaml | kfistio doctor -f -
 
   # Apply the fixes
   kfistio doctor -f inferenceservice.yaml --fix > fixed.yaml
@@ -72,103 +87,109 @@ could not run.`,
   kfistio doctor --context prod -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkFormat(output); err != nil {
-				return &ExitError{Code: 2, Err: err}
-			}
-			min, err := doctor.ParseSeverity(failOn)
-			if err != nil {
-				return &ExitError{Code: 2, Err: err}
-			}
-			var rep *doctor.Report
-			if len(files) > 0 {
-				inst := build.DefaultInstallation(overlay)
-				inst.Components = components
-				rep, err = doctorFiles(s, files, inst, manifests, fix)
-			} else {
-				if fix {
-					return &ExitError{Code: 2, Err: errors.New("--fix works on manifests: pass them with -f")}
-				}
-				rep, err = doctorCluster(cmd.Context(), &cluster, s.Err)
-			}
-			if err != nil {
-				return &ExitError{Code: 2, Err: err}
-			}
 			report := s.Out
-			if fix {
+			if f.fix {
 				report = s.Err
 			}
-			if err := writeOutput(report, output, rep, func() error { return rep.WriteText(report) }); err != nil {
+			fail := func(err error) error {
+				return doctorFailed(report, f.output, &doctor.Report{}, err)
+			}
+			if err := checkFormat(f.output); err != nil {
+				f.output = "text"
+				return fail(err)
+			}
+			min, err := doctor.ParseSeverity(f.failOn)
+			if err != nil {
+				return fail(err)
+			}
+			var rep *doctor.Report
+			if len(f.files) > 0 {
+				var native *bool
+				if cmd.Flags().Changed("native-sidecars") {
+					native = &f.nativeSidecars
+				}
+				rep, err = doctorFiles(s, &f, native, min)
+			} else {
+				if f.fix {
+					return fail(errors.New("--fix works on manifests: pass them with -f"))
+				}
+				rep, err = doctorCluster(cmd.Context(), &f.cluster, s.Err)
+			}
+			if err != nil {
+				return fail(err)
+			}
+			if err := writeOutput(report, f.output, rep, func() error { return rep.WriteText(report) }); err != nil {
 				return &ExitError{Code: 2, Err: err}
 			}
-			remaining := rep.Worst(min)
-			if fix {
-				remaining = unfixable(remaining)
-			}
-			if len(remaining) > 0 {
+			switch {
+			case len(rep.Errors) > 0:
+				return &ExitError{Code: 2} // the report says what could not be read
+			case len(rep.Remaining(min)) > 0:
 				return &ExitError{Code: 1}
 			}
 			return nil
 		},
 	}
-	cluster.add(cmd)
-	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "manifests to check: a file, a directory, or - for standard input (repeatable)")
-	cmd.Flags().StringVar(&overlay, "overlay", build.DefaultOverlay, "with -f: the install overlay whose injector and namespaces to assume ("+overlayNames()+")")
-	cmd.Flags().StringSliceVar(&components, "component", nil, "with -f: opt-in components of the installation to assume ("+componentNames()+")")
-	addManifestsFlag(cmd, &manifests)
-	cmd.Flags().BoolVar(&fix, "fix", false, "with -f: print the manifests with the fixes applied")
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format of the report: text or json")
-	cmd.Flags().StringVar(&failOn, "fail-on", string(doctor.Warning), "exit 1 on findings of this severity or worse: info, warning, error")
+	f.cluster.add(cmd)
+	cmd.Flags().StringArrayVarP(&f.files, "filename", "f", nil, "manifests to check: a file, a directory, or - for standard input (repeatable)")
+	cmd.Flags().StringVar(&f.overlay, "overlay", build.DefaultOverlay, "with -f: the install overlay whose injector, namespaces and mesh config to assume ("+overlayNames()+")")
+	cmd.Flags().StringSliceVar(&f.components, "component", nil, "with -f: opt-in components of the installation to assume ("+componentNames()+")")
+	cmd.Flags().BoolVar(&f.nativeSidecars, "native-sidecars", true, "with -f: istiod's ENABLE_NATIVE_SIDECARS; false judges the manifests under an istiod without native sidecars")
+	addManifestsFlag(cmd, &f.manifests)
+	cmd.Flags().BoolVar(&f.fix, "fix", false, "with -f: print the manifests with the fixes of the findings at or above --fail-on applied")
+	cmd.Flags().StringVarP(&f.output, "output", "o", "text", "output format of the report: text or json")
+	cmd.Flags().StringVar(&f.failOn, "fail-on", string(doctor.Warning), "exit 1 on findings of this severity or worse: info, warning, error")
 	return cmd
 }
 
-func unfixable(fs []doctor.Finding) []doctor.Finding {
-	var out []doctor.Finding
-	for _, f := range fs {
-		if !f.Fixable() {
-			out = append(out, f)
-		}
+// doctorFailed reports err, in JSON as well with -o json, and exits 2.
+func doctorFailed(w io.Writer, format string, rep *doctor.Report, err error) error {
+	if format == "json" {
+		rep.Errors = append(rep.Errors, err.Error())
+		_ = writeOutput(w, format, rep, nil)
 	}
-	return out
+	return &ExitError{Code: 2, Err: err}
 }
 
-// doctorFiles checks manifests as the installation inst would inject and
-// admit them.
-func doctorFiles(s Streams, paths []string, inst build.Installation, manifests string, fix bool) (*doctor.Report, error) {
-	files, err := doctor.ReadFiles(paths, s.In)
+// doctorFiles checks manifests as the installation of the flags would inject
+// and admit them, and with --fix writes them fixed to standard output.
+func doctorFiles(s Streams, f *doctorFlags, native *bool, min doctor.Severity) (*doctor.Report, error) {
+	files, readErr := doctor.ReadFiles(f.files, s.In)
+	tree, err := openTree(f.manifests)
 	if err != nil {
 		return nil, err
 	}
-	tree, err := openTree(manifests)
-	if err != nil {
-		return nil, err
-	}
+	inst := build.DefaultInstallation(f.overlay)
+	inst.Components = f.components
 	objs, err := tree.InstallationObjects(inst)
 	if err != nil {
 		return nil, err
 	}
-	in, err := inject.New(objs)
+	opts, err := doctor.InstallationOptions(objs, native)
 	if err != nil {
 		return nil, err
 	}
-	rep := doctor.CheckWorkloads(files, doctor.WorkloadOptions{Injector: in, Levels: podsecurity.NamespaceLevels(objs), EgressRestricted: doctor.EgressRestriction(objs)})
-	if fix {
-		fixed, err := doctor.Fix(files, rep.Findings)
-		if err != nil {
+	rep := doctor.CheckWorkloads(files, opts)
+	for _, e := range unjoin(readErr) {
+		rep.Errors = append(rep.Errors, e.Error())
+	}
+	if f.fix && len(rep.Errors) == 0 {
+		if err := doctor.WriteFixed(s.Out, files, rep.Fix(files, min)); err != nil {
 			return nil, err
-		}
-		for i, f := range files {
-			if len(files) > 1 {
-				if i > 0 {
-					fmt.Fprintln(s.Out, "---")
-				}
-				fmt.Fprintf(s.Out, "# Source: %s\n", f.Path)
-			}
-			if _, err := s.Out.Write(fixed[f]); err != nil {
-				return nil, err
-			}
 		}
 	}
 	return rep, nil
+}
+
+// unjoin lists the errors of an errors.Join.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	if err != nil {
+		return []error{err}
+	}
+	return nil
 }
 
 func doctorCluster(ctx context.Context, f *clusterFlags, warnings io.Writer) (*doctor.Report, error) {

@@ -8,46 +8,104 @@ import (
 	"testing"
 )
 
-const workloads = "../doctor/testdata/workloads"
+const (
+	workloads = "../doctor/testdata/workloads"
+	corpus    = "../doctor/testdata/corpus"
+)
+
+type doctorJSON struct {
+	Findings []struct{ ID, Severity, Object string }
+	Checked  int
+	Notes    []string
+	Errors   []string
+}
+
+func decodeReport(t *testing.T, out string) doctorJSON {
+	t.Helper()
+	var rep doctorJSON
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("not a JSON report: %v\n%s", err, out)
+	}
+	return rep
+}
 
 func TestDoctorFiles(t *testing.T) {
-	code, out, _ := run(t, "doctor", "-f", filepath.Join(workloads, "init-egress.yaml"))
-	if code != 1 || !strings.Contains(out, "KF002 warning container clone") {
-		t.Errorf("warning finding: exit %d\n%s", code, out)
+	egress := filepath.Join(workloads, "init-egress.yaml")
+	// A download through a native sidecar under ALLOW_ANY works: a tip.
+	code, out, _ := run(t, "doctor", "-f", egress)
+	if code != 0 || !strings.Contains(out, "KF002 info    container clone") {
+		t.Errorf("tip: exit %d\n%s", code, out)
 	}
-	if code, _, _ := run(t, "doctor", "-f", filepath.Join(workloads, "init-egress.yaml"), "--fail-on", "error"); code != 0 {
-		t.Errorf("--fail-on error with warnings only: exit %d", code)
+	if code, _, _ := run(t, "doctor", "-f", egress, "--fail-on", "info"); code != 1 {
+		t.Errorf("--fail-on info with a tip: exit %d", code)
 	}
-	code, out, _ = run(t, "doctor", "-f", filepath.Join(workloads, "init-egress.yaml"), "--component", "sidecar-egress")
-	if code != 1 || !strings.Contains(out, "KF002 error") || !strings.Contains(out, "Sidecar/istio-system/default limits egress") {
+	// The egress component leaves public hosts to the passthrough cluster.
+	if code, out, _ = run(t, "doctor", "-f", egress, "--component", "sidecar-egress"); code != 0 || !strings.Contains(out, "KF002 info") {
 		t.Errorf("with the egress Sidecar: exit %d\n%s", code, out)
+	}
+	// Without native sidecars the clone cannot reach anything.
+	if code, out, _ = run(t, "doctor", "-f", egress, "--native-sidecars=false"); code != 1 || !strings.Contains(out, `istiod ENABLE_NATIVE_SIDECARS="false"`) {
+		t.Errorf("without native sidecars: exit %d\n%s", code, out)
+	}
+	// A REGISTRY_ONLY mesh in the input refuses the KServe download.
+	code, out, _ = run(t, "doctor", "-f", filepath.Join(corpus, "kserve/sklearn.yaml"), "-f", "../doctor/testdata/settings/registry-only.yaml")
+	if code != 1 || !strings.Contains(out, "KF003 error") || !strings.Contains(out, "Sidecar/istio-system/default sets outboundTrafficPolicy REGISTRY_ONLY") {
+		t.Errorf("REGISTRY_ONLY: exit %d\n%s", code, out)
 	}
 	if code, out, _ := run(t, "doctor", "-f", filepath.Join(workloads, "pss.yaml")); code != 0 || !strings.Contains(out, "No findings in 1 checked") {
 		t.Errorf("clean file: exit %d\n%s", code, out)
 	}
 	code, out, _ = run(t, "doctor", "-f", filepath.Join(workloads, "pss.yaml"), "--overlay", "insecure", "-o", "json")
-	var rep struct {
-		Findings []struct{ ID, Severity string }
-	}
-	if code != 1 || json.Unmarshal([]byte(out), &rep) != nil || len(rep.Findings) != 1 || rep.Findings[0].ID != "KF005" {
+	if rep := decodeReport(t, out); code != 1 || len(rep.Findings) != 1 || rep.Findings[0].ID != "KF005" {
 		t.Errorf("insecure overlay: exit %d\n%s", code, out)
+	}
+	code, out, _ = run(t, "doctor", "-f", filepath.Join(corpus, "kserve/iris-input.json"), "-o", "json")
+	if rep := decodeReport(t, out); code != 0 || !strings.Contains(out, `"findings": []`) || len(rep.Notes) != 1 {
+		t.Errorf("no workloads: exit %d\n%s", code, out)
 	}
 }
 
 func TestDoctorFix(t *testing.T) {
 	in := filepath.Join(workloads, "inferenceservice.yaml")
+	// The KServe download is a tip: --fix applies it only when asked for.
 	code, out, errOut := run(t, "doctor", "-f", in, "--fix")
+	orig, err := os.ReadFile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code != 0 || out != string(orig) || !strings.Contains(errOut, "KF003") {
+		t.Errorf("--fix of a tip: exit %d, stderr %s\nstdout:\n%s", code, errOut, out)
+	}
 	want, err := os.ReadFile(filepath.Join(workloads, "inferenceservice.fixed.golden.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if code != 0 || out != string(want) || !strings.Contains(errOut, "KF003") {
-		t.Errorf("--fix: exit %d, stderr %s\nstdout:\n%s", code, errOut, out)
+	code, out, errOut = run(t, "doctor", "-f", in, "--fix", "--fail-on", "info")
+	if code != 0 || out != string(want) || !strings.Contains(errOut, "      fixed\n") {
+		t.Errorf("--fix --fail-on info: exit %d, stderr %s\nstdout:\n%s", code, errOut, out)
 	}
 	// Fixes that cannot be applied keep the exit status.
-	code, _, _ = run(t, "doctor", "-f", filepath.Join(workloads, "uid1337.yaml"), "--fix")
-	if code != 1 {
-		t.Errorf("--fix with an unfixable finding: exit %d", code)
+	code, _, errOut = run(t, "doctor", "-f", filepath.Join(corpus, "k8s-examples/elasticsearch-rc.yaml"), "--native-sidecars=false", "--fix")
+	if code != 1 || !strings.Contains(errOut, "fix: by hand: it is privileged") {
+		t.Errorf("--fix of a privileged init container: exit %d\n%s", code, errOut)
+	}
+	// Several files, the first without a final newline, make one valid
+	// stream.
+	dir := t.TempDir()
+	a := filepath.Join(dir, "a.yaml")
+	if err := os.WriteFile(a, []byte(strings.TrimSuffix(string(orig), "\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ = run(t, "doctor", "-f", a, "-f", filepath.Join(workloads, "init-egress.yaml"), "--fix", "--fail-on", "info")
+	if code != 0 || !strings.Contains(out, "pvc://models/sklearn\n---\n# Source: ../doctor/testdata/workloads/init-egress.yaml\n") {
+		t.Errorf("two files: exit %d\n%s", code, out)
+	}
+	stream := filepath.Join(dir, "stream.yaml")
+	if err := os.WriteFile(stream, []byte(out), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, _ := run(t, "doctor", "-f", stream, "--fail-on", "info", "-o", "json"); code != 0 || decodeReport(t, out).Checked != 5 {
+		t.Errorf("the fixed stream: exit %d\n%s", code, out)
 	}
 }
 
@@ -65,9 +123,22 @@ func TestDoctorCannotRun(t *testing.T) {
 		"unreachable cluster": {"doctor", "--kubeconfig", "/nonexistent/kubeconfig"},
 	}
 	for name, args := range cases {
-		if code, _, errOut := run(t, args...); code != 2 || !strings.Contains(errOut, "Error:") {
-			t.Errorf("%s: exit %d, stderr %q", name, code, errOut)
+		if code, out, errOut := run(t, args...); code != 2 || !strings.Contains(out+errOut, "rror") {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q", name, code, out, errOut)
 		}
+		// The same as JSON where the report goes (standard error with --fix).
+		code, out, errOut := run(t, append(args, "-o", "json")...)
+		if args[1] == "--fix" {
+			out = strings.TrimSuffix(errOut, "Error: --fix works on manifests: pass them with -f\n")
+		}
+		if rep := decodeReport(t, out); code != 2 || len(rep.Errors) == 0 || rep.Findings == nil {
+			t.Errorf("%s -o json: exit %d\n%s", name, code, out)
+		}
+	}
+	// What can be read is still checked.
+	code, out, _ := run(t, "doctor", "-f", bad, "-f", filepath.Join(workloads, "pss.yaml"), "--overlay", "insecure", "-o", "json")
+	if rep := decodeReport(t, out); code != 2 || len(rep.Errors) != 1 || len(rep.Findings) != 1 || len(rep.Errors[0]) > 200 {
+		t.Errorf("a bad file next to a good one: exit %d\n%s", code, out)
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
@@ -19,7 +18,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/version"
 	"k8s.io/pod-security-admission/api"
-	"sigs.k8s.io/yaml"
 
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/inject"
@@ -45,8 +43,6 @@ const (
 	istioNamespace = "istio-system"
 	cniNamespace   = "kube-system"
 	cniDaemonSet   = "istio-cni-node"
-	injectionLabel = "istio-injection"
-	revisionLabel  = "istio.io/rev"
 )
 
 // CheckCluster checks a live cluster, then the workloads that run in its
@@ -84,16 +80,19 @@ type clusterCheck struct {
 	r *Report
 	// What is installed: the injector, whether it uses CNI, the release of
 	// istiod, and the overlay kfistio recorded (empty when not kfistio's).
-	injector   *inject.Injector
-	cni        bool
-	release    string
-	overlay    string
-	restricted string
+	injector *inject.Injector
+	cni      bool
+	release  string
+	overlay  string
+	// mesh are the objects that decide where sidecars send traffic.
+	mesh []*unstructured.Unstructured
 	// What several checks read, read once: the CNI DaemonSet (nil when
-	// absent), the nodes, and the namespaces istiod injects.
-	cniAgent *appsv1.DaemonSet
-	nodes    []corev1.Node
-	injected []corev1.Namespace
+	// absent), the nodes, the labels of every namespace, and the namespaces
+	// istiod injects.
+	cniAgent   *appsv1.DaemonSet
+	nodes      []corev1.Node
+	namespaces map[string]map[string]string
+	injected   []corev1.Namespace
 }
 
 func (cl *clusterCheck) add(id string, sev Severity, key, reason, fix string) {
@@ -101,7 +100,7 @@ func (cl *clusterCheck) add(id string, sev Severity, key, reason, fix string) {
 }
 
 // load reads the installation: the injector's ConfigMaps, istiod, the
-// kfistio inventory, and the mesh-wide egress policy.
+// kfistio inventory, and the Istio objects that decide where traffic goes.
 func (cl *clusterCheck) load(ctx context.Context, istiod *appsv1.Deployment) error {
 	var objs []*unstructured.Unstructured
 	for _, name := range []string{inject.InjectorConfigMap, inject.MeshConfigMap} {
@@ -126,16 +125,19 @@ func (cl *clusterCheck) load(ctx context.Context, istiod *appsv1.Deployment) err
 	} else if !errors.Is(err, install.ErrNotInstalled) {
 		return err
 	}
-	sidecars, err := cl.c.Dynamic.Resource(sidecarResource).Namespace(istioNamespace).List(ctx, metav1.ListOptions{})
-	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("list Sidecars in %s: %w", istioNamespace, err)
-	}
-	if sidecars != nil {
-		for i := range sidecars.Items {
-			objs = append(objs, &sidecars.Items[i])
+	cl.mesh = []*unstructured.Unstructured{objs[1]}
+	for _, gvr := range trafficResources {
+		list, err := cl.c.Dynamic.Resource(gvr).List(ctx, metav1.ListOptions{})
+		if apierrors.IsNotFound(err) {
+			continue // the Istio CRDs are not installed
+		}
+		if err != nil {
+			return fmt.Errorf("list %s: %w", gvr.Resource, err)
+		}
+		for i := range list.Items {
+			cl.mesh = append(cl.mesh, &list.Items[i])
 		}
 	}
-	cl.restricted = EgressRestriction(objs)
 	ds, err := cl.c.Kube.AppsV1().DaemonSets(cniNamespace).Get(ctx, cniDaemonSet, metav1.GetOptions{})
 	switch {
 	case err == nil:
@@ -152,7 +154,9 @@ func (cl *clusterCheck) load(ctx context.Context, istiod *appsv1.Deployment) err
 	if err != nil {
 		return fmt.Errorf("list namespaces: %w", err)
 	}
+	cl.namespaces = map[string]map[string]string{}
 	for _, n := range namespaces.Items {
+		cl.namespaces[n.Name] = n.Labels
 		if n.Labels[injectionLabel] == "enabled" || (n.Labels[revisionLabel] != "" && n.Labels[injectionLabel] != "disabled") {
 			cl.injected = append(cl.injected, n)
 		}
@@ -168,7 +172,13 @@ func typed(o runtime.Object, apiVersion, kind string) *unstructured.Unstructured
 	return u
 }
 
-var sidecarResource = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "sidecars"}
+// trafficResources are the Istio objects that decide where sidecars send
+// traffic.
+var trafficResources = []schema.GroupVersionResource{
+	{Group: "networking.istio.io", Version: "v1", Resource: "sidecars"},
+	{Group: "networking.istio.io", Version: "v1", Resource: "serviceentries"},
+	{Group: "security.istio.io", Version: "v1", Resource: "peerauthentications"},
+}
 
 // injectorUsesCNI reads pilot.cni.enabled of the injector ConfigMap's values.
 func injectorUsesCNI(cm *unstructured.Unstructured) bool {
@@ -179,48 +189,6 @@ func injectorUsesCNI(cm *unstructured.Unstructured) bool {
 		} `json:"pilot"`
 	}
 	return json.Unmarshal([]byte(s), &v) == nil && v.Pilot.CNI.Enabled
-}
-
-// EgressRestriction says why the mesh blocks egress to hosts it does not
-// know, or "": the mesh config of objs (ConfigMap istio-system/istio) with
-// outboundTrafficPolicy REGISTRY_ONLY, or a Sidecar in istio-system (the
-// mesh-wide default) that limits egress.
-func EgressRestriction(objs []*unstructured.Unstructured) string {
-	for _, o := range objs {
-		switch {
-		case o.GetKind() == "ConfigMap" && o.GetNamespace() == istioNamespace && o.GetName() == inject.MeshConfigMap:
-			meshYAML, _, _ := unstructured.NestedString(o.Object, "data", "mesh")
-			var mesh struct {
-				OutboundTrafficPolicy struct{ Mode string } `json:"outboundTrafficPolicy"`
-			}
-			if yaml.Unmarshal([]byte(meshYAML), &mesh) == nil && mesh.OutboundTrafficPolicy.Mode == "REGISTRY_ONLY" {
-				return "the mesh config sets outboundTrafficPolicy REGISTRY_ONLY"
-			}
-		case o.GetKind() == "Sidecar" && o.GetNamespace() == istioNamespace:
-			if why := sidecarRestriction(o); why != "" {
-				return why
-			}
-		}
-	}
-	return ""
-}
-
-// sidecarRestriction says how a mesh-wide Sidecar limits egress, or "".
-func sidecarRestriction(s *unstructured.Unstructured) string {
-	if mode, _, _ := unstructured.NestedString(s.Object, "spec", "outboundTrafficPolicy", "mode"); mode == "REGISTRY_ONLY" {
-		return "the mesh-wide " + object.Key(s) + " sets outboundTrafficPolicy REGISTRY_ONLY"
-	}
-	egress, _, _ := unstructured.NestedSlice(s.Object, "spec", "egress")
-	for _, e := range egress {
-		hosts, _, _ := unstructured.NestedStringSlice(e.(map[string]any), "hosts")
-		if slices.Contains(hosts, "*/*") {
-			return ""
-		}
-	}
-	if len(egress) > 0 {
-		return "the mesh-wide " + object.Key(s) + " limits egress to the hosts it lists"
-	}
-	return ""
 }
 
 // cniReady checks that the CNI node agent is ready on every node that can run
@@ -450,7 +418,6 @@ func (cl *clusterCheck) pods(ctx context.Context) error {
 // workloads runs the workload checks on what runs in injected namespaces,
 // with the cluster's injector.
 func (cl *clusterCheck) workloads(ctx context.Context) error {
-	levels := map[string]api.Level{}
 	file := &File{Path: "cluster"}
 	kinds := []schema.GroupVersionResource{
 		{Group: "apps", Version: "v1", Resource: "deployments"},
@@ -462,9 +429,6 @@ func (cl *clusterCheck) workloads(ctx context.Context) error {
 		{Group: "kubeflow.org", Version: "v1", Resource: "notebooks"},
 	}
 	for _, n := range cl.injected {
-		if l, err := podsecurity.NamespaceLevel(n.Labels); err == nil {
-			levels[n.Name] = l
-		}
 		for _, gvr := range kinds {
 			list, err := cl.c.Dynamic.Resource(gvr).Namespace(n.Name).List(ctx, metav1.ListOptions{})
 			if apierrors.IsNotFound(err) {
@@ -482,7 +446,7 @@ func (cl *clusterCheck) workloads(ctx context.Context) error {
 			}
 		}
 	}
-	sub := CheckWorkloads([]*File{file}, WorkloadOptions{Injector: cl.injector, Levels: levels, EgressRestricted: cl.restricted})
+	sub := CheckWorkloads([]*File{file}, WorkloadOptions{Injector: cl.injector, Namespaces: cl.namespaces, Mesh: cl.mesh})
 	cl.r.Findings = append(cl.r.Findings, sub.Findings...)
 	cl.r.Checked += sub.Checked
 	return nil
