@@ -324,7 +324,7 @@ func (cl *clusterCheck) webhookCABundles(ctx context.Context) error {
 		if len(empty) > 0 {
 			cl.add(WebhookCABundle, Error, object.KeyOf(kind, "", name),
 				fmt.Sprintf("webhooks %s have no caBundle: istiod writes it when it starts, so istiod is not running or cannot update the webhook", strings.Join(empty, ", ")),
-				"check istiod's logs and readiness (kubectl logs -n istio-system deploy/istiod)")
+				"check istiod's logs and readiness (kubectl logs -n istio-system deploy/istiod); once istiod may update the webhook again (its ClusterRole), restart it (kubectl rollout restart -n istio-system deploy/istiod): istiod does not retry an update that was refused")
 		}
 	}
 	for _, w := range mw.Items {
