@@ -38,12 +38,17 @@ type Overlay struct {
 	Help    string
 }
 
-// NamespaceDir is the istio-namespace directory that goes with o.
-func (o Overlay) NamespaceDir() string {
-	if o.Ambient {
-		return AmbientNamespaceDir
+// LabelsDir is the namespace-labels directory of o: the labels o needs on
+// namespaces that other Kubeflow directories define, applied on their own
+// (label-only). Empty when o needs none.
+func (o Overlay) LabelsDir() string {
+	switch {
+	case !o.CNI:
+		return InsecureLabelsDir
+	case o.Ambient:
+		return AmbientLabelsDir
 	}
-	return NamespaceDir
+	return ""
 }
 
 // GKECNIBinDir is where the GKE overlays put the CNI plugin: GKE mounts

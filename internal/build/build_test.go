@@ -18,7 +18,7 @@ var documentedDirs = []string{
 	CRDsDir, NamespaceDir, InstallBaseDir,
 	"istio-install/overlays/oauth2-proxy", "istio-install/overlays/gke", "istio-install/overlays/insecure",
 	"istio-install/overlays/ambient", "istio-install/overlays/ambient-gke",
-	"istio-install/overlays/ambient-oauth2-proxy", "istio-install/overlays/ambient-oauth2-proxy-gke", AmbientNamespaceDir,
+	"istio-install/overlays/ambient-oauth2-proxy", "istio-install/overlays/ambient-oauth2-proxy-gke", InsecureLabelsDir, AmbientLabelsDir,
 	ClusterLocalGateway, ClusterLocalM2MAuth, KubeflowResourcesDir, ExampleDir, ExampleDir + "/ambient",
 }
 

@@ -13,7 +13,8 @@ import (
 // Tree directories that an installation combines with an install overlay.
 const (
 	CRDsDir              = "istio-crds/base"
-	AmbientNamespaceDir  = "istio-namespace/overlays/ambient"
+	InsecureLabelsDir    = "namespace-labels/insecure"
+	AmbientLabelsDir     = "namespace-labels/ambient"
 	InstallBaseDir       = "istio-install/base"
 	ExampleDir           = "example"
 	NamespaceDir         = "istio-namespace/base"
@@ -40,8 +41,15 @@ type Installation struct {
 // OptionalComponents are the components of istio-install/components that an
 // installation may add.
 var OptionalComponents = map[string]string{
-	"sidecar-egress": "istio-install/components/sidecar-egress",
+	"sidecar-egress":    "istio-install/components/sidecar-egress",
+	OAuth2ProxyPolicies: "istio-install/components/oauth2-proxy-policies",
 }
+
+// OAuth2ProxyPolicies is the opt-in component with the ingress gateway's
+// oauth2-proxy policies, for clusters without Kubeflow's common/oauth2-proxy,
+// which defines them itself. It needs an overlay with the oauth2-proxy
+// provider.
+const OAuth2ProxyPolicies = "oauth2-proxy-policies"
 
 // DefaultInstallation is the documented combination for overlay.
 func DefaultInstallation(overlay string) Installation {
@@ -54,7 +62,7 @@ func (in Installation) Dirs() ([]string, error) {
 	if !ok {
 		return nil, unknownOverlay(in.Overlay)
 	}
-	dirs := []string{CRDsDir, o.NamespaceDir(), o.Path}
+	dirs := []string{CRDsDir, NamespaceDir, o.Path}
 	switch {
 	case in.M2MAuth:
 		dirs = append(dirs, ClusterLocalM2MAuth)
@@ -103,6 +111,9 @@ func (t *Tree) BuildInstallation(in Installation) (*Result, error) {
 		p, ok := OptionalComponents[c]
 		if !ok {
 			return nil, fmt.Errorf("unknown component %q: choose from %s", c, strings.Join(OptionalComponentNames(), ", "))
+		}
+		if o, _ := LookupOverlay(in.Overlay); c == OAuth2ProxyPolicies && !o.OAuth2Proxy {
+			return nil, fmt.Errorf("component %s: overlay %s has no oauth2-proxy provider in its mesh config; choose an overlay with oauth2-proxy", c, in.Overlay)
 		}
 		components = append(components, path.Join("../..", path.Base(t.root), p))
 	}
@@ -153,4 +164,18 @@ func (t *Tree) InstallationObjects(in Installation) ([]*unstructured.Unstructure
 		return nil, err
 	}
 	return r.Objects()
+}
+
+// NamespaceLabels returns the Namespaces of the labels directory of in.'s
+// overlay (Overlay.LabelsDir): each holds only the labels the overlay needs on
+// a namespace that other Kubeflow directories define. Nil when it needs none.
+func (t *Tree) NamespaceLabels(in Installation) ([]*unstructured.Unstructured, error) {
+	o, ok := LookupOverlay(in.Overlay)
+	if !ok {
+		return nil, unknownOverlay(in.Overlay)
+	}
+	if o.LabelsDir() == "" {
+		return nil, nil
+	}
+	return t.BuildObjects(o.LabelsDir())
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -62,6 +63,7 @@ type installationFlags struct {
 	clusterLocalGateway string
 	kubeflowResources   bool
 	components          []string
+	oauth2ProxyPolicies bool
 	manifests           string
 }
 
@@ -72,13 +74,18 @@ func (f *installationFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.clusterLocalGateway, "cluster-local-gateway", "base", "the KServe cluster-local gateway: base, m2m-auth, or none")
 	cmd.Flags().BoolVar(&f.kubeflowResources, "kubeflow-resources", true, "install kubeflow-gateway and the Kubeflow ClusterRoles")
 	cmd.Flags().StringSliceVar(&f.components, "component", nil, "opt-in components to add: "+componentNames())
+	cmd.Flags().BoolVar(&f.oauth2ProxyPolicies, "oauth2-proxy-policies", false, "add the ingress gateway's oauth2-proxy AuthorizationPolicies and the Dex RequestAuthentication (component "+build.OAuth2ProxyPolicies+"); use it only where oauth2-proxy is installed without Kubeflow's common/oauth2-proxy, which defines them itself")
 	addManifestsFlag(cmd, &f.manifests)
 }
 
-// resolve turns the flags into an installation and its objects. With the
-// overlay auto, it detects the platform and says what it saw on progress.
-func (f *installationFlags) resolve(ctx context.Context, c *kube.Client, progress io.Writer) (build.Installation, []*unstructured.Unstructured, error) {
+// resolve turns the flags into an installation, its objects and the labels
+// its overlay needs on other namespaces. With the overlay auto, it detects the
+// platform and says what it saw on progress.
+func (f *installationFlags) resolve(ctx context.Context, c *kube.Client, progress io.Writer) (build.Installation, []*unstructured.Unstructured, []*unstructured.Unstructured, error) {
 	in := build.Installation{Overlay: f.overlay, KubeflowResources: f.kubeflowResources, Components: f.components}
+	if f.oauth2ProxyPolicies && !slices.Contains(in.Components, build.OAuth2ProxyPolicies) {
+		in.Components = append(slices.Clone(in.Components), build.OAuth2ProxyPolicies)
+	}
 	switch f.clusterLocalGateway {
 	case "base":
 		in.ClusterLocalGateway = true
@@ -86,12 +93,12 @@ func (f *installationFlags) resolve(ctx context.Context, c *kube.Client, progres
 		in.ClusterLocalGateway, in.M2MAuth = true, true
 	case "none":
 	default:
-		return in, nil, fmt.Errorf("--cluster-local-gateway %q: use base, m2m-auth or none", f.clusterLocalGateway)
+		return in, nil, nil, fmt.Errorf("--cluster-local-gateway %q: use base, m2m-auth or none", f.clusterLocalGateway)
 	}
 	if in.Overlay == autoOverlay {
 		p, err := install.DetectPlatform(ctx, c)
 		if err != nil {
-			return in, nil, err
+			return in, nil, nil, err
 		}
 		in.Overlay = build.DefaultOverlay
 		if p.GKE {
@@ -102,14 +109,18 @@ func (f *installationFlags) resolve(ctx context.Context, c *kube.Client, progres
 		}
 	}
 	if _, ok := build.LookupOverlay(in.Overlay); !ok {
-		return in, nil, fmt.Errorf("unknown overlay %q: choose one of %s, or auto", in.Overlay, overlayNames())
+		return in, nil, nil, fmt.Errorf("unknown overlay %q: choose one of %s, or auto", in.Overlay, overlayNames())
 	}
 	tree, err := openTree(f.manifests)
 	if err != nil {
-		return in, nil, err
+		return in, nil, nil, err
 	}
 	objs, err := tree.InstallationObjects(in)
-	return in, objs, err
+	if err != nil {
+		return in, nil, nil, err
+	}
+	labels, err := tree.NamespaceLabels(in)
+	return in, objs, labels, err
 }
 
 func componentNames() string { return strings.Join(build.OptionalComponentNames(), ", ") }

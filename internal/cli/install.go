@@ -50,14 +50,14 @@ unchanged, pruned per object) to standard output.`,
   kfistio install --context prod --cluster-local-gateway none --kubeflow-resources=false`,
 		Args: cobra.NoArgs,
 		RunE: cluster.runE(s, &output, func(ctx context.Context, c *kube.Client) error {
-			inst, objs, err := what.resolve(ctx, c, s.Err)
+			inst, objs, labels, err := what.resolve(ctx, c, s.Err)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(s.Err, "Installing %s on %s (context %q)\n", inst.Name(), c.Host, c.Context)
 			in := &install.Installer{Client: c, Progress: progressFunc(s.Err)}
 			cs, err := in.Install(ctx, install.Options{
-				Installation: inst, Objects: objs, DryRun: dryRun, ForceConflicts: force,
+				Installation: inst, Objects: objs, NamespaceLabels: labels, DryRun: dryRun, ForceConflicts: force,
 				Timeout: cluster.timeout, Version: currentVersion().Version,
 			})
 			if werr := writeOutput(s.Out, output, cs, func() error { return writeChanges(s.Out, cs, dryRun) }); werr != nil && err == nil {
@@ -98,7 +98,7 @@ Exit status: 0 when nothing would change, 1 when something would.`,
   kfistio diff --overlay insecure`,
 		Args: cobra.NoArgs,
 		RunE: cluster.runE(s, nil, func(ctx context.Context, c *kube.Client) error {
-			_, objs, err := what.resolve(ctx, c, s.Err)
+			_, objs, _, err := what.resolve(ctx, c, s.Err)
 			if err != nil {
 				return err
 			}

@@ -50,6 +50,9 @@ type Options struct {
 	Installation build.Installation
 	// Objects is the build of Installation.
 	Objects []*unstructured.Unstructured
+	// NamespaceLabels are the labels the overlay needs on namespaces that it
+	// does not define (build.Tree.NamespaceLabels), applied label-only.
+	NamespaceLabels []*unstructured.Unstructured
 	// DryRun sends only server-side dry-run requests.
 	DryRun bool
 	// ForceConflicts takes over fields that other field managers own.
@@ -100,6 +103,9 @@ func (in *Installer) Install(ctx context.Context, o Options) (ChangeSet, error) 
 		}
 		if s.name == stageControlPlane {
 			if err := r.ensureNamespaces(ctx); err != nil {
+				return r.changes, err
+			}
+			if err := r.labelNamespaces(ctx); err != nil {
 				return r.changes, err
 			}
 		}

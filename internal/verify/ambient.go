@@ -16,7 +16,7 @@ const ztunnel = "ztunnel"
 // agent's ambient setup.
 func checkZtunnel(t *target) []Problem {
 	var p problems
-	if ds := t.require(&p, "DaemonSet", ns, ztunnel); ds != nil {
+	if ds := t.require(&p, "DaemonSet", cniNamespace, ztunnel); ds != nil {
 		expect(&p, ds, "spec.template.spec.priorityClassName", "system-node-critical")
 		if tpl := podTemplate(&p, ds); tpl != nil {
 			if c := container(&tpl.Spec, "istio-proxy"); c == nil || c.Image != istioReleaseHub+"/ztunnel:"+upstream.Release {
@@ -28,7 +28,11 @@ func checkZtunnel(t *target) []Problem {
 			}
 		}
 	}
-	t.require(&p, "ServiceAccount", ns, ztunnel)
+	t.require(&p, "ServiceAccount", cniNamespace, ztunnel)
+	// istiod signs certificates for ztunnel's ServiceAccount where ztunnel runs.
+	if d := t.require(&p, "Deployment", ns, istiod); d != nil {
+		expectEnv(&p, d, discovery, "CA_TRUSTED_NODE_ACCOUNTS", cniNamespace+"/"+ztunnel)
+	}
 	t.require(&p, "ClusterRole", "", "istio-cni-ambient")
 	t.require(&p, "ClusterRoleBinding", "", "istio-cni-ambient")
 	if cm := t.require(&p, "ConfigMap", cniNamespace, "istio-cni-config"); cm != nil {

@@ -54,6 +54,8 @@ var checks = []check{
 	{"F17", "m2m-auth on the cluster-local gateway", with(partM2M), checkM2M},
 	{"F18", "Istio " + upstream.Release + " everywhere, no other Istio version", always, checkVersions},
 	{"F19", "istiod validates Istio config with and without istio.io/rev, failing closed", with(partInstall), checkValidation},
+	{"F21", "owns only Istio's objects: no object another Kubeflow directory defines", always, checkOwnership},
+	{"AUTH", "auth objects: CUSTOM providers in the mesh config, selectors match gateway pods, JWT issuers", func(t *target) bool { return t.has(partInstall | partGateway) }, checkAuthObjects},
 	{"A1", "ambient: ztunnel and the CNI node agent in ambient mode", install(func(t *target) bool { return t.overlay.Ambient }), checkZtunnel},
 	{"A2", "ambient: istiod serves ambient", install(func(t *target) bool { return t.overlay.Ambient }), istiodEnv("PILOT_ENABLE_AMBIENT", "true")},
 	{"A3", "ambient: pods of ambient namespaces get no sidecar", install(func(t *target) bool { return t.overlay.Ambient }), checkAmbientNamespaces},
@@ -368,12 +370,9 @@ func checkGatewaysNamespaces(t *target) []Problem {
 	if t.has(partNamespace) {
 		if n := t.require(&p, "Namespace", "", ns); n != nil {
 			expectLabel(&p, n, injectionLabel, "disabled")
-			// ztunnel, in istio-system in ambient mode, runs privileged.
-			level := "restricted"
-			if t.overlay.Ambient {
-				level = "privileged"
-			}
-			expectLabel(&p, n, enforceLabel, level)
+			// ztunnel and the CNI node agent, which need privileges, run in
+			// kube-system.
+			expectLabel(&p, n, enforceLabel, "restricted")
 		}
 	}
 	return p
@@ -516,7 +515,7 @@ func checkGKE(t *target) []Problem {
 		p.because("", "", "cannot build the "+other+" overlay to compare: "+err.Error())
 		return p
 	}
-	mine := t.idx
+	mine := object.Index(t.own)
 	index := object.Index(theirs)
 	for _, key := range sortedKeys(mine) {
 		o, ok := index[key]

@@ -76,6 +76,10 @@ const (
 	partM2M
 	partKubeflow
 	partEgress
+	// partPolicies: the opt-in oauth2-proxy policies.
+	partPolicies
+	// partLabels: a namespace-labels directory, applied on its own.
+	partLabels
 )
 
 // spec is a target before it is built: an installation or a directory.
@@ -98,7 +102,9 @@ func (s spec) key() string {
 func (s spec) sibling(overlay string) spec {
 	o, _ := build.LookupOverlay(overlay)
 	if s.kind == KindInstallation {
-		return installationSpec(build.DefaultInstallation(overlay))
+		in := s.install
+		in.Overlay = overlay
+		return installationSpec(in)
 	}
 	return dirSpec(o.Path)
 }
@@ -108,6 +114,9 @@ func installationSpec(in build.Installation) spec {
 	p := partCRDs | partNamespace | partInstall | partGateway | partKubeflow
 	if slices.Contains(in.Components, "sidecar-egress") {
 		p |= partEgress
+	}
+	if slices.Contains(in.Components, build.OAuth2ProxyPolicies) {
+		p |= partPolicies
 	}
 	return spec{name: in.Name(), kind: KindInstallation, overlay: o, install: in, parts: p}
 }
@@ -132,6 +141,14 @@ func targets(opts Options) ([]spec, error) {
 		// The opt-in component, on the default overlay.
 		egress := build.DefaultInstallation(build.DefaultOverlay)
 		egress.Components = []string{"sidecar-egress"}
+		// The opt-in policies, on every overlay with the oauth2-proxy provider.
+		for _, o := range build.Overlays {
+			if o.OAuth2Proxy {
+				in := build.DefaultInstallation(o.Name)
+				in.Components = []string{build.OAuth2ProxyPolicies}
+				installs = append(installs, in)
+			}
+		}
 		installs = append(installs, egress)
 		dirs = all
 	}
@@ -171,8 +188,8 @@ func dirParts(dir string) (part, build.Overlay) {
 		return partCRDs, build.Overlay{}
 	case build.NamespaceDir:
 		return partNamespace, build.Overlay{}
-	case build.AmbientNamespaceDir:
-		return partNamespace, build.Overlay{Ambient: true}
+	case build.InsecureLabelsDir, build.AmbientLabelsDir:
+		return partLabels, build.Overlay{}
 	case build.InstallBaseDir:
 		return partInstall, build.Overlay{Name: "base", Path: dir, CNI: true}
 	case build.ClusterLocalGateway:
@@ -262,8 +279,12 @@ func meshOf(cm *unstructured.Unstructured) (map[string]any, error) {
 // target is a built target being checked.
 type target struct {
 	spec
-	env  *env
+	env *env
+	// objs are the build, with the labels of the overlay's namespace-labels
+	// directory on the namespaces an overlay labels (as install leaves
+	// them on the cluster); own is the build alone.
 	objs []*unstructured.Unstructured
+	own  []*unstructured.Unstructured
 	idx  map[string]*unstructured.Unstructured
 
 	injectOnce sync.Once
@@ -328,11 +349,28 @@ func (e *env) check(s spec) Target {
 	return e.checkBuilt(s, objs)
 }
 
-// checkBuilt runs every check that applies to s on its built objects.
+// checkBuilt runs every check that applies to s on its built objects, with
+// the labels of its overlay's namespace-labels directory.
 func (e *env) checkBuilt(s spec, objs []*unstructured.Unstructured) Target {
+	var labels []*unstructured.Unstructured
+	if dir := s.overlay.LabelsDir(); dir != "" && s.parts&partInstall != 0 {
+		var err error
+		if labels, err = e.objects(dirSpec(dir)); err != nil {
+			return Target{Name: s.name, Kind: s.kind, Checks: []Check{{
+				ID: "BUILD", Title: buildTitle(s), Problems: []Problem{{Reason: err.Error()}},
+			}}}
+		}
+	}
+	return e.checkWith(s, objs, labels)
+}
+
+// checkWith runs every check that applies to s on objs, the namespaces of
+// objs labelled as labels say.
+func (e *env) checkWith(s spec, objs, labels []*unstructured.Unstructured) Target {
 	out := Target{Name: s.name, Kind: s.kind, Passed: true}
 	out.Checks = append(out.Checks, Check{ID: "BUILD", Title: buildTitle(s), Passed: true})
-	t := &target{spec: s, env: e, objs: objs, idx: object.Index(objs)}
+	all := withNamespaceLabels(objs, labels)
+	t := &target{spec: s, env: e, objs: all, own: objs, idx: object.Index(all)}
 	for _, c := range checks {
 		if !c.applies(t) {
 			continue
@@ -340,6 +378,34 @@ func (e *env) checkBuilt(s spec, objs []*unstructured.Unstructured) Target {
 		problems := c.run(t)
 		out.Checks = append(out.Checks, Check{ID: c.id, Title: c.title, Passed: len(problems) == 0, Problems: problems})
 		out.Passed = out.Passed && len(problems) == 0
+	}
+	return out
+}
+
+// withNamespaceLabels returns objs with the labels of each Namespace of labels
+// on that Namespace of objs, or labels' Namespace added where objs lack it.
+func withNamespaceLabels(objs, labels []*unstructured.Unstructured) []*unstructured.Unstructured {
+	if len(labels) == 0 {
+		return objs
+	}
+	out := slices.Clone(objs)
+	idx := object.Index(out)
+	for _, l := range labels {
+		o := idx[object.Key(l)]
+		if o == nil {
+			out = append(out, l.DeepCopy())
+			continue
+		}
+		merged := o.DeepCopy()
+		m := merged.GetLabels()
+		if m == nil {
+			m = map[string]string{}
+		}
+		for k, v := range l.GetLabels() {
+			m[k] = v
+		}
+		merged.SetLabels(m)
+		out[slices.Index(out, o)] = merged
 	}
 	return out
 }

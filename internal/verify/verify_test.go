@@ -180,6 +180,12 @@ func setPath(m map[string]any, value any, path ...string) {
 func checkMutated(t *testing.T, s spec, mutate func(*objects)) Target {
 	t.Helper()
 	e := testEnv(t)
+	return e.checkBuilt(s, mutated(t, e, s, mutate))
+}
+
+// mutated is a copy of the build of s, changed by mutate (if not nil).
+func mutated(t *testing.T, e *env, s spec, mutate func(*objects)) []*unstructured.Unstructured {
+	t.Helper()
 	objs, err := e.objects(s)
 	if err != nil {
 		t.Fatal(err)
@@ -189,7 +195,7 @@ func checkMutated(t *testing.T, s spec, mutate func(*objects)) Target {
 		m.objs = append(m.objs, o.DeepCopy())
 	}
 	mutate(m)
-	return e.checkBuilt(s, m.objs)
+	return m.objs
 }
 
 // inst is the installation of overlay, with components.
@@ -317,9 +323,6 @@ func TestEachCheckFailsOnABrokenBuild(t *testing.T) {
 		{"injector hub", "F15", inst("insecure"), func(m *objects) {
 			m.editValues(func(v map[string]any) { setPath(v, "docker.io/istio", "global", "hub") })
 		}},
-		{"namespace not privileged", "F15", dirSpec("istio-install/overlays/insecure"), func(m *objects) {
-			m.set("Namespace/kubeflow", map[string]any{}, "metadata", "labels")
-		}},
 		{"editors may write", "F16", dirSpec("kubeflow-istio-resources/base"), func(m *objects) {
 			m.set("ClusterRole/kubeflow-istio-edit", []any{map[string]any{"apiGroups": []any{"istio.io", "networking.istio.io"}, "resources": []any{"*"}, "verbs": []any{"get", "list", "watch", "create"}}}, "rules")
 		}},
@@ -351,22 +354,40 @@ func TestEachCheckFailsOnABrokenBuild(t *testing.T) {
 			hooks[0].(map[string]any)["failurePolicy"] = "Ignore"
 			m.set("ValidatingWebhookConfiguration/istio-validator-istio-system", hooks, "webhooks")
 		}},
-		{"no ztunnel", "A1", inst("ambient"), func(m *objects) { m.remove("DaemonSet/istio-system/ztunnel") }},
+		{"no ztunnel", "A1", inst("ambient"), func(m *objects) { m.remove("DaemonSet/kube-system/ztunnel") }},
+		{"istiod trusts no ztunnel", "A1", dirSpec("istio-install/overlays/ambient-gke"), func(m *objects) {
+			m.dropEnv(istiodKey, "discovery", "CA_TRUSTED_NODE_ACCOUNTS")
+		}},
 		{"CNI agent not in ambient mode", "A1", dirSpec("istio-install/overlays/ambient-oauth2-proxy"), func(m *objects) {
 			m.set("ConfigMap/kube-system/istio-cni-config", "false", "data", "AMBIENT_ENABLED")
 		}},
 		{"istiod without ambient", "A2", dirSpec("istio-install/overlays/ambient"), func(m *objects) {
 			m.dropEnv(istiodKey, "discovery", "PILOT_ENABLE_AMBIENT")
 		}},
-		{"kubeflow not ambient", "A3", inst("ambient-oauth2-proxy"), func(m *objects) {
-			m.set("Namespace/kubeflow", map[string]any{}, "metadata", "labels")
+		{"GKE quota missing", "F14", inst("ambient-gke"), func(m *objects) { m.remove("ResourceQuota/kube-system/ztunnel") }},
+		{"oauth2-proxy's policy in an overlay", "F21", inst("gke"), func(m *objects) {
+			m.add("apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: dex-jwt\n  namespace: istio-system\nspec: {}\n")
 		}},
-		{"ambient namespace injected", "A3", inst("ambient"), func(m *objects) {
-			m.set("Namespace/kubeflow", map[string]any{"istio.io/dataplane-mode": "ambient", "istio-injection": "enabled"}, "metadata", "labels")
+		{"Kubeflow namespace in an overlay", "F21", dirSpec("istio-install/overlays/insecure"), func(m *objects) {
+			m.add("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: kubeflow\n")
 		}},
-		{"GKE quota missing", "F14", inst("ambient-gke"), func(m *objects) { m.remove("ResourceQuota/istio-system/ztunnel") }},
-		{"ambient namespace restricted", "F7", dirSpec("istio-namespace/overlays/ambient"), func(m *objects) {
-			m.set("Namespace/istio-system", "restricted", "metadata", "labels", "pod-security.kubernetes.io/enforce")
+		{"namespace labels with more than labels", "F21", dirSpec(build.InsecureLabelsDir), func(m *objects) {
+			m.set("Namespace/kubeflow", map[string]any{"a": "b"}, "metadata", "annotations")
+		}},
+		{"unknown provider", "AUTH", inst("oauth2-proxy", build.OAuth2ProxyPolicies), func(m *objects) {
+			m.set("AuthorizationPolicy/istio-system/istio-ingressgateway-oauth2-proxy", "oauth2proxy", "spec", "provider", "name")
+		}},
+		{"no providers in the mesh config", "AUTH", inst("ambient-oauth2-proxy", build.OAuth2ProxyPolicies), func(m *objects) {
+			m.editMesh(func(mesh map[string]any) { delete(mesh, "extensionProviders") })
+		}},
+		{"selector of no gateway", "AUTH", inst("insecure", build.OAuth2ProxyPolicies), func(m *objects) {
+			m.set("RequestAuthentication/istio-system/dex-jwt", map[string]any{"app": "istio-ingress"}, "spec", "selector", "matchLabels")
+		}},
+		{"cluster-local gateway policy selects nothing", "AUTH", dirSpec("cluster-local-gateway/overlays/m2m-auth"), func(m *objects) {
+			m.set("AuthorizationPolicy/istio-system/cluster-local-gateway", map[string]any{"app": "cluster-local"}, "spec", "selector", "matchLabels")
+		}},
+		{"issuer not a URL", "AUTH", inst("oauth2-proxy", build.OAuth2ProxyPolicies), func(m *objects) {
+			m.set("RequestAuthentication/istio-system/dex-jwt", []any{map[string]any{"issuer": "dex"}}, "spec", "jwtRules")
 		}},
 		{"no egress exception", "E1", inst("oauth2-proxy", "sidecar-egress"), func(m *objects) {
 			m.remove("Sidecar/kubeflow/notebook-controller")
@@ -400,6 +421,34 @@ func TestEachCheckFailsOnABrokenBuild(t *testing.T) {
 			}
 		})
 	}
+	// Checks of the labels an overlay puts on other namespaces: the labels
+	// directory's build is mutated.
+	labelCases := []testCase{
+		{"namespace not privileged", "F15", dirSpec("istio-install/overlays/insecure"), func(m *objects) {
+			m.set("Namespace/kubeflow", map[string]any{}, "metadata", "labels")
+		}},
+		{"kubeflow not ambient", "A3", inst("ambient-oauth2-proxy"), func(m *objects) {
+			m.set("Namespace/kubeflow", map[string]any{}, "metadata", "labels")
+		}},
+		{"ambient namespace injected", "A3", inst("ambient"), func(m *objects) {
+			m.set("Namespace/kubeflow", map[string]any{"istio.io/dataplane-mode": "ambient", "istio-injection": "enabled"}, "metadata", "labels")
+		}},
+	}
+	for _, c := range labelCases {
+		t.Run(c.check+" "+c.name, func(t *testing.T) {
+			e := testEnv(t)
+			objs, err := e.objects(c.target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			labels := mutated(t, e, dirSpec(c.target.overlay.LabelsDir()), c.mutate)
+			tg := e.checkWith(c.target, objs, labels)
+			if !slices.Contains(failed(tg), c.check) {
+				t.Fatalf("%s did not fail: failed %v", c.check, failed(tg))
+			}
+		})
+	}
+	cases = append(cases, labelCases...)
 	// Every check has a case.
 	for _, ch := range checks {
 		if !slices.ContainsFunc(cases, func(c testCase) bool { return c.check == ch.id }) {
@@ -423,8 +472,8 @@ func TestRemovingAKubeflowChangeFailsItsFact(t *testing.T) {
 		{"istio-install/components/oauth2-proxy/kustomization.yaml", "- path: istiod.yaml", []string{"istio-install/overlays/oauth2-proxy"}, "F13"},
 		{"istio-install/components/oauth2-proxy/kustomization.yaml", "- upstream", []string{"istio-install/overlays/oauth2-proxy"}, "F13"},
 		{"istio-install/overlays/gke/kustomization.yaml", "- ../../components/gke-cni", []string{"istio-install/overlays/gke"}, "F14"},
-		{"istio-install/components/no-cni/kustomization.yaml", "- namespaces.yaml", []string{"insecure"}, "F15"},
-		{"istio-install/components/no-cni/kustomization.yaml", "- upstream", []string{"istio-install/overlays/insecure"}, "F15"},
+		{"namespace-labels/insecure/namespaces.yaml", "    pod-security.kubernetes.io/enforce: privileged", []string{"insecure"}, "F15"},
+		{"istio-install/components/no-cni/kustomization.yaml", "- upstream", []string{"istio-install/overlays/insecure"}, "BUILD"},
 		{"cluster-local-gateway/base/kustomization.yaml", "- path: patches/seccomp.yaml", []string{"cluster-local-gateway/base"}, "F11"},
 		{"cluster-local-gateway/base/kustomization.yaml", "- gateway.yaml", []string{"cluster-local-gateway/base"}, "F3"},
 		{"cluster-local-gateway/overlays/m2m-auth/kustomization.yaml", "- deny-unauthenticated.yaml", []string{"cluster-local-gateway/overlays/m2m-auth"}, "F17"},
@@ -434,9 +483,8 @@ func TestRemovingAKubeflowChangeFailsItsFact(t *testing.T) {
 		{"istio-install/base/kustomization.yaml", "- path: patches/default-validator.yaml", []string{"oauth2-proxy"}, "F19"},
 		{"istio-install/base/kustomization.yaml", "- path: patches/validating-webhook.yaml", []string{"istio-install/base"}, "F19"},
 		{"istio-install/overlays/ambient-gke/kustomization.yaml", "- ../../components/ambient-gke", []string{"istio-install/overlays/ambient-gke"}, "F14"},
-		{"istio-install/components/ambient/kustomization.yaml", "- namespaces.yaml", []string{"istio-install/overlays/ambient"}, "A3"},
-		{"istio-install/components/ambient/kustomization.yaml", "- upstream", []string{"istio-install/overlays/ambient"}, "A1"},
-		{"istio-namespace/overlays/ambient/kustomization.yaml", "- path: privileged.yaml", []string{"ambient"}, "F12"},
+		{"namespace-labels/ambient/namespaces.yaml", "    istio.io/dataplane-mode: ambient", []string{"istio-install/overlays/ambient"}, "A3"},
+		{"istio-install/components/ambient/kustomization.yaml", "- upstream", []string{"istio-install/overlays/ambient"}, "BUILD"},
 	}
 	for _, c := range cases {
 		t.Run(c.want+" "+c.file+" "+strings.TrimSpace(c.line), func(t *testing.T) {
