@@ -47,17 +47,17 @@ ratio "$kw" "$km" "$cw" "$cm"
 echo
 echo "2. verify everything against building everything"
 # The same builds verify makes: every directory, one installation per overlay,
-# and the default installation with the opt-in egress component.
+# the installations with the opt-in oauth2-proxy policies, and the default
+# installation with the opt-in egress component.
 listing=$("$kfistio" build no-such-overlay 2>&1 || true)
 dirs=$(echo "$listing" | sed -n 's/.*directories of the embedded tree: //p' | tr -d ',')
 overlays=$(echo "$listing" | sed -n 's/.*overlays: //p' | tr -d ',')
 installation() { # name overlay [component]
-  local d=_output/bench/installation-$1 ns=istio-namespace/base
-  case $2 in ambient*) ns=istio-namespace/overlays/ambient ;; esac
+  local d=_output/bench/installation-$1
   mkdir -p "$d"
   {
     echo "resources:"
-    for r in istio-crds/base "$ns" "istio-install/overlays/$2" cluster-local-gateway/base kubeflow-istio-resources/base; do
+    for r in istio-crds/base istio-namespace/base "istio-install/overlays/$2" cluster-local-gateway/base kubeflow-istio-resources/base; do
       echo "- ../../../manifests/$r"
     done
     if [ -n "${3:-}" ]; then printf 'components:\n- ../../../manifests/istio-install/components/%s\n' "$3"; fi
@@ -68,11 +68,13 @@ installation() { # name overlay [component]
   echo "set -e"
   for d in $dirs; do echo "kubectl kustomize manifests/$d >/dev/null"; done
   for o in $overlays; do installation "$o" "$o"; done
+  policies="oauth2-proxy gke insecure ambient-oauth2-proxy ambient-oauth2-proxy-gke"
+  for o in $policies; do installation "policies-$o" "$o" oauth2-proxy-policies; done
   installation egress oauth2-proxy sidecar-egress
 } >"$tmp/kustomize-all.sh"
 measure "$kfistio" verify; vw=$wall; vm=$rss
 measure bash "$tmp/kustomize-all.sh"; aw=$wall; am=$rss
-row "kfistio verify ($(echo $dirs | wc -w) directories, $(( $(echo $overlays | wc -w) + 1 )) installations)" "$vw" "$vm"
+row "kfistio verify ($(echo $dirs | wc -w) directories, $(( $(echo $overlays | wc -w) + 6 )) installations)" "$vw" "$vm"
 row "kubectl kustomize of the same builds" "$aw" "$am"
 ratio "$vw" "$vm" "$aw" "$am"
 

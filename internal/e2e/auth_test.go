@@ -28,10 +28,11 @@ var (
 const gatewayListener = "0.0.0.0_8080"
 
 // The authentication and authorization of the gateways, as istiod sends it
-// to their proxies: the default overlay with the cluster-local gateway's
-// m2m-auth.
+// to their proxies: the default overlay with the opt-in oauth2-proxy
+// policies and the cluster-local gateway's m2m-auth.
 func TestGatewayAuthChain(t *testing.T) {
-	in := build.Installation{Overlay: build.DefaultOverlay, ClusterLocalGateway: true, M2MAuth: true, KubeflowResources: true}
+	in := build.Installation{Overlay: build.DefaultOverlay, ClusterLocalGateway: true, M2MAuth: true, KubeflowResources: true,
+		Components: []string{build.OAuth2ProxyPolicies}}
 	m := installMesh(t, in, objects(t, nil, in))
 	c, _ := connect(t)
 	t.Run("ingress gateway", func(t *testing.T) { report(t, m.gatewayProblems(t, c, ingressGateway)) })

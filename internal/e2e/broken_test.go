@@ -13,7 +13,8 @@ import (
 )
 
 // A tree broken where only istiod can tell fails the checks of this
-// package: each case installs the default installation with one object
+// package: each case installs the default installation (with the opt-in
+// oauth2-proxy policies) with one object
 // changed, as an edited file of the tree would change it, and the check
 // named must find a problem (or the install itself must fail, saying why).
 func TestBrokenTreesFail(t *testing.T) {
@@ -80,6 +81,7 @@ func TestBrokenTreesFail(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			in := build.DefaultInstallation(build.DefaultOverlay)
+			in.Components = []string{build.OAuth2ProxyPolicies}
 			objs := object.Index(objects(t, nil, in))
 			c.edit(t, objs)
 			var edited []*unstructured.Unstructured

@@ -48,7 +48,7 @@ func (m *mesh) injectionProblems(t *testing.T) []string {
 	var problems []string
 	for _, s := range samples {
 		key := object.Key(s)
-		nsLabels := inject.SampleNamespaceLabels(m.objs, s.GetNamespace())
+		nsLabels := inject.SampleNamespaceLabels(append(slices.Clone(m.objs), m.labels...), s.GetNamespace())
 		prepareNamespace(t, c, s.GetNamespace(), nsLabels)
 		tpl, err := object.PodTemplate(s)
 		if err != nil {

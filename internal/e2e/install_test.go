@@ -19,6 +19,8 @@ import (
 type mesh struct {
 	in   build.Installation
 	objs []*unstructured.Unstructured
+	// labels are the labels the overlay puts on other namespaces.
+	labels []*unstructured.Unstructured
 	// logMark is where istiod's log stood when the installation began.
 	logMark int
 }
@@ -68,10 +70,18 @@ func installMesh(t *testing.T, in build.Installation, objs []*unstructured.Unstr
 func tryInstall(t *testing.T, in build.Installation, objs []*unstructured.Unstructured, wait time.Duration) (*mesh, error) {
 	t.Helper()
 	ctx := context.Background()
-	m := &mesh{in: in, objs: objs, logMark: cluster.IstiodLogMark()}
+	tree, err := build.Embedded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	labels, err := tree.NamespaceLabels(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &mesh{in: in, objs: objs, labels: labels, logMark: cluster.IstiodLogMark()}
 	t.Cleanup(func() { uninstall(t) })
 	c, _ := connect(t)
-	if _, err := (&install.Installer{Client: c}).Install(ctx, install.Options{Installation: in, Objects: objs, Timeout: wait, Version: "e2e"}); err != nil {
+	if _, err := (&install.Installer{Client: c}).Install(ctx, install.Options{Installation: in, Objects: objs, NamespaceLabels: labels, Timeout: wait, Version: "e2e"}); err != nil {
 		return m, err
 	}
 	wctx, cancel := context.WithTimeout(ctx, timeout)
@@ -94,7 +104,7 @@ func uninstall(t *testing.T) {
 func (m *mesh) reinstall(t *testing.T) (install.ChangeSet, int, string) {
 	t.Helper()
 	c, counter := connect(t)
-	cs, err := (&install.Installer{Client: c}).Install(context.Background(), install.Options{Installation: m.in, Objects: m.objs, Timeout: timeout, Version: "e2e"})
+	cs, err := (&install.Installer{Client: c}).Install(context.Background(), install.Options{Installation: m.in, Objects: m.objs, NamespaceLabels: m.labels, Timeout: timeout, Version: "e2e"})
 	if err != nil {
 		t.Fatalf("re-install %s: %v", m.in.Name(), err)
 	}

@@ -478,13 +478,15 @@ func TestInsufficientRBAC(t *testing.T) {
 	}
 }
 
-// The ambient overlays install: ztunnel runs on every node, istio-system
-// becomes privileged for it; moving back to sidecars prunes ztunnel and makes
-// istio-system restricted again.
+// The ambient overlays install: ztunnel runs on every node, in kube-system,
+// istio-system stays restricted, and the kubeflow namespace gets the ambient
+// label, owned by the labels' field manager alone; moving back to sidecars
+// prunes ztunnel and releases the label.
 func TestAmbient(t *testing.T) {
 	ctx := context.Background()
 	t.Cleanup(func() { purge(t) })
 	in, _ := admin(t)
+	const ztunnelKey = "DaemonSet/kube-system/ztunnel"
 	for _, overlay := range []string{"ambient", "ambient-oauth2-proxy-gke", "ambient-oauth2-proxy"} {
 		o := options(t, overlay)
 		if _, err := in.Install(ctx, o); err != nil {
@@ -494,17 +496,21 @@ func TestAmbient(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		mustReady(t, in, inv, o, istiodKey, cniKey, "DaemonSet/istio-system/ztunnel")
+		mustReady(t, in, inv, o, istiodKey, cniKey, ztunnelKey)
 		ns, err := in.Client.Kube.CoreV1().Namespaces().Get(ctx, "istio-system", metav1.GetOptions{})
-		if err != nil || ns.Labels["pod-security.kubernetes.io/enforce"] != "privileged" {
+		if err != nil || ns.Labels["pod-security.kubernetes.io/enforce"] != "restricted" {
 			t.Errorf("%s: istio-system labels %v, %v", overlay, ns.Labels, err)
+		}
+		kf, err := in.Client.Kube.CoreV1().Namespaces().Get(ctx, "kubeflow", metav1.GetOptions{})
+		if err != nil || kf.Labels["istio.io/dataplane-mode"] != "ambient" || !slices.Equal(ownedLabels(kf), []string{"istio.io/dataplane-mode"}) {
+			t.Errorf("%s: kubeflow labels %v, owned by %s: %v, %v", overlay, kf.Labels, LabelsFieldManager, ownedLabels(kf), err)
 		}
 		again, counter := admin(t)
 		if cs, err := again.Install(ctx, o); err != nil || len(onlyChanges(cs)) > 0 || counter.Writes() > 0 {
 			t.Errorf("%s again: %v, changes %v, %d writes", overlay, err, onlyChanges(cs), counter.Writes())
 		}
 	}
-	_, err := in.Client.Kube.CoreV1().ResourceQuotas("istio-system").Get(ctx, "ztunnel", metav1.GetOptions{})
+	_, err := in.Client.Kube.CoreV1().ResourceQuotas("kube-system").Get(ctx, "ztunnel", metav1.GetOptions{})
 	if !apierrors.IsNotFound(err) {
 		t.Errorf("the GKE quota outlived the GKE overlay: %v", err)
 	}
@@ -513,12 +519,12 @@ func TestAmbient(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := actions(cs)
-	if a["DaemonSet/istio-system/ztunnel"] != Pruned || a["Namespace/istio-system"] != Configured {
+	if a[ztunnelKey] != Pruned || a["Namespace/kubeflow"] != Configured {
 		t.Errorf("back to sidecars: %v", onlyChanges(cs))
 	}
-	ns, _ := in.Client.Kube.CoreV1().Namespaces().Get(ctx, "istio-system", metav1.GetOptions{})
-	if ns.Labels["pod-security.kubernetes.io/enforce"] != "restricted" {
-		t.Errorf("istio-system labels %v after leaving ambient", ns.Labels)
+	kf, _ := in.Client.Kube.CoreV1().Namespaces().Get(ctx, "kubeflow", metav1.GetOptions{})
+	if _, ok := kf.Labels["istio.io/dataplane-mode"]; ok || len(ownedLabels(kf)) > 0 {
+		t.Errorf("kubeflow labels %v after leaving ambient", kf.Labels)
 	}
 }
 

@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -17,51 +20,140 @@ import (
 // other Kubeflow directories define, and nothing else of them.
 const LabelsFieldManager = "kfistio-namespace-labels"
 
-// labelNamespaces applies Options.NamespaceLabels, each as a server-side apply
-// of a Namespace with only its name and those labels, so that kfistio owns
-// those labels and never the namespace. A namespace that already carries them
-// is not written.
+// labelNamespaces makes LabelsFieldManager own exactly the labels of
+// Options.NamespaceLabels: each namespace is applied server-side with only its
+// name and those labels, so kfistio owns those labels and never the
+// namespace; labels it owned that the installation no longer wants (another
+// overlay's) are released. Namespaces already as wanted are not written.
 func (r *run) labelNamespaces(ctx context.Context) error {
-	nss := r.in.Client.Kube.CoreV1().Namespaces()
-	for _, want := range r.o.NamespaceLabels {
-		name, labels := want.GetName(), want.GetLabels()
-		key := object.KeyOf("Namespace", "", name)
-		live, err := nss.Get(ctx, name, metav1.GetOptions{})
-		action := Configured
+	want := map[string]map[string]string{}
+	for _, o := range r.o.NamespaceLabels {
+		want[o.GetName()] = o.GetLabels()
+	}
+	owned, err := r.in.labelledNamespaces(ctx)
+	if err != nil {
+		return err
+	}
+	names := slices.Sorted(maps.Keys(want))
+	for _, n := range slices.Sorted(maps.Keys(owned)) {
+		if _, ok := want[n]; !ok {
+			names = append(names, n)
+		}
+	}
+	for _, name := range names {
+		action, err := r.in.applyLabels(ctx, name, want[name], owned[name], r.o.DryRun || r.newNamespaces[name], r.o.ForceConflicts)
+		if err != nil {
+			return err
+		}
+		note := "labels " + labelList(want[name])
+		if want[name] == nil {
+			note = "labels released"
+		}
+		r.changes = append(r.changes, Change{Object: object.KeyOf("Namespace", "", name), Action: action, Note: note})
+	}
+	return nil
+}
+
+// releaseLabels gives up every namespace label LabelsFieldManager owns.
+func (in *Installer) releaseLabels(ctx context.Context, dryRun bool) (ChangeSet, error) {
+	owned, err := in.labelledNamespaces(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var changes ChangeSet
+	for _, name := range slices.Sorted(maps.Keys(owned)) {
+		if _, err := in.applyLabels(ctx, name, nil, owned[name], dryRun, false); err != nil {
+			return changes, err
+		}
+		changes = append(changes, Change{Object: object.KeyOf("Namespace", "", name), Action: Released, Note: "labels released"})
+	}
+	return changes, nil
+}
+
+// labelledNamespace is a live namespace and the labels LabelsFieldManager
+// owns on it.
+type labelledNamespace struct {
+	labels map[string]string
+	owned  []string
+}
+
+// labelledNamespaces returns the namespaces where LabelsFieldManager owns
+// labels.
+func (in *Installer) labelledNamespaces(ctx context.Context) (map[string]labelledNamespace, error) {
+	list, err := in.Client.Kube.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list namespaces: %w", err)
+	}
+	out := map[string]labelledNamespace{}
+	for i := range list.Items {
+		if keys := ownedLabels(&list.Items[i]); len(keys) > 0 {
+			out[list.Items[i].Name] = labelledNamespace{labels: list.Items[i].Labels, owned: keys}
+		}
+	}
+	return out, nil
+}
+
+// ownedLabels returns the label keys LabelsFieldManager applied on ns.
+func ownedLabels(ns *corev1.Namespace) []string {
+	var keys []string
+	for _, mf := range ns.ManagedFields {
+		if mf.Manager != LabelsFieldManager || mf.Operation != metav1.ManagedFieldsOperationApply || mf.FieldsV1 == nil {
+			continue
+		}
+		var fields struct {
+			Metadata struct {
+				Labels map[string]any `json:"f:labels"`
+			} `json:"f:metadata"`
+		}
+		if err := json.Unmarshal(mf.FieldsV1.Raw, &fields); err != nil {
+			continue
+		}
+		for k := range fields.Metadata.Labels {
+			keys = append(keys, strings.TrimPrefix(k, "f:"))
+		}
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// applyLabels applies namespace name with labels as LabelsFieldManager,
+// unless it already carries them and the manager owns no other label.
+func (in *Installer) applyLabels(ctx context.Context, name string, labels map[string]string, live labelledNamespace, dryRun, force bool) (Action, error) {
+	key := object.KeyOf("Namespace", "", name)
+	nss := in.Client.Kube.CoreV1().Namespaces()
+	action := Configured
+	if live.owned == nil {
+		ns, err := nss.Get(ctx, name, metav1.GetOptions{})
 		switch {
 		case apierrors.IsNotFound(err):
 			action = Created
 		case err != nil:
-			return fmt.Errorf("get %s: %w", key, err)
-		case hasLabels(live.Labels, labels):
-			r.changes = append(r.changes, Change{Object: key, Action: Unchanged, Note: "labels " + labelList(labels)})
-			continue
+			return "", fmt.Errorf("get %s: %w", key, err)
+		default:
+			live.labels = ns.Labels
 		}
-		if r.o.DryRun && r.newNamespaces[name] {
-			r.changes = append(r.changes, Change{Object: key, Action: action, Note: "labels " + labelList(labels)})
-			continue
-		}
-		body, err := json.Marshal(map[string]any{
-			"apiVersion": "v1", "kind": "Namespace",
-			"metadata": map[string]any{"name": name, "labels": labels},
-		})
-		if err != nil {
-			return err
-		}
-		force := r.o.ForceConflicts
-		opts := metav1.PatchOptions{FieldManager: LabelsFieldManager, Force: &force}
-		if r.o.DryRun {
-			opts.DryRun = []string{metav1.DryRunAll}
-		}
-		if _, err := nss.Patch(ctx, name, types.ApplyPatchType, body, opts); err != nil {
-			if apierrors.IsConflict(err) {
-				return fmt.Errorf("label %s with %s: another field manager owns these labels with other values (%w); rerun with --force-conflicts to take them over", key, labelList(labels), err)
-			}
-			return fmt.Errorf("label %s with %s: %w", key, labelList(labels), err)
-		}
-		r.changes = append(r.changes, Change{Object: key, Action: action, Note: "labels " + labelList(labels) + "; not removed by uninstall"})
 	}
-	return nil
+	if action != Created && slices.Equal(live.owned, slices.Sorted(maps.Keys(labels))) && hasLabels(live.labels, labels) {
+		return Unchanged, nil
+	}
+	if dryRun {
+		return action, nil
+	}
+	meta := map[string]any{"name": name}
+	if len(labels) > 0 {
+		meta["labels"] = labels
+	}
+	body, err := json.Marshal(map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": meta})
+	if err != nil {
+		return "", err
+	}
+	if _, err := nss.Patch(ctx, name, types.ApplyPatchType, body, metav1.PatchOptions{FieldManager: LabelsFieldManager, Force: &force}); err != nil {
+		if apierrors.IsConflict(err) {
+			return "", fmt.Errorf("label %s with %s: another field manager owns these labels with other values (%w); rerun with --force-conflicts to take them over", key, labelList(labels), err)
+		}
+		return "", fmt.Errorf("label %s with %s: %w", key, labelList(labels), err)
+	}
+	return action, nil
 }
 
 func hasLabels(have, want map[string]string) bool {
@@ -79,5 +171,5 @@ func labelList(labels map[string]string) string {
 		l = append(l, k+"="+v)
 	}
 	slices.Sort(l)
-	return fmt.Sprint(l)
+	return "[" + strings.Join(l, " ") + "]"
 }

@@ -58,7 +58,15 @@ func objects(t *testing.T, overlay string) (build.Installation, []*unstructured.
 
 func options(t *testing.T, overlay string) Options {
 	in, objs := objects(t, overlay)
-	return Options{Installation: in, Objects: objs, Timeout: 2 * time.Minute, Version: "test"}
+	tree, err := build.Embedded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	labels, err := tree.NamespaceLabels(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Options{Installation: in, Objects: objs, NamespaceLabels: labels, Timeout: 2 * time.Minute, Version: "test"}
 }
 
 // purge removes everything an install left, so the next test starts clean.

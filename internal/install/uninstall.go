@@ -66,6 +66,11 @@ func (in *Installer) Uninstall(ctx context.Context, o UninstallOptions) (ChangeS
 		changes, err = in.remove(ctx, inv.Objects, Deleted, o.Purge, o.DryRun)
 		return err
 	})
+	if err == nil {
+		var released ChangeSet
+		released, err = in.releaseLabels(ctx, o.DryRun)
+		changes = append(changes, released...)
+	}
 	if err != nil || o.DryRun {
 		return changes, err
 	}
