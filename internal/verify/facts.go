@@ -54,6 +54,7 @@ var checks = []check{
 	{"F17", "m2m-auth on the cluster-local gateway", with(partM2M), checkM2M},
 	{"F18", "Istio " + upstream.Release + " everywhere, no other Istio version", always, checkVersions},
 	{"F19", "istiod validates Istio config with and without istio.io/rev, failing closed", with(partInstall), checkValidation},
+	{"F20", "istio-system NetworkPolicies: every flow of the flow table allowed or refused", func(t *target) bool { return t.has(partNamespace) && t.has(partInstall) }, checkNetworkPolicies},
 	{"F21", "owns only Istio's objects: no object another Kubeflow directory defines", always, checkOwnership},
 	{"AUTH", "auth objects: CUSTOM providers in the mesh config, selectors match gateway pods, JWT issuers", func(t *target) bool { return t.has(partInstall | partGateway) }, checkAuthObjects},
 	{"A1", "ambient: ztunnel and the CNI node agent in ambient mode", install(func(t *target) bool { return t.overlay.Ambient }), checkZtunnel},
