@@ -31,6 +31,14 @@ server-side apply, in stages:
   3. the webhooks istiod serves;
   4. the gateways and Istio resources, then wait until the gateways are ready.
 
+The labels an overlay needs on namespaces that other Kubeflow directories
+define (the privileged Pod Security level for insecure, the ambient data plane
+label for the ambient overlays) are applied label-only, with the field manager
+` + install.LabelsFieldManager + `, which owns those labels and nothing else.
+The ingress gateway's oauth2-proxy policies are left to Kubeflow's
+common/oauth2-proxy; --oauth2-proxy-policies adds them where that is not
+installed.
+
 Objects the server says would not change are not written: a second install
 with nothing changed performs no writes and reports every object unchanged.
 Objects an earlier install applied and this one does not have (the CNI node
@@ -45,6 +53,9 @@ unchanged, pruned per object) to standard output.`,
 
   # What would change, without changing anything
   kfistio install --overlay insecure --dry-run
+
+  # oauth2-proxy installed without Kubeflow's common/oauth2-proxy
+  kfistio install --oauth2-proxy-policies
 
   # Only the control plane, on another cluster
   kfistio install --context prod --cluster-local-gateway none --kubeflow-resources=false`,
