@@ -496,7 +496,64 @@ func checkOAuth2Proxy(t *target) []Problem {
 	if d := t.require(&p, "Deployment", ns, istiod); d != nil {
 		expectEnv(&p, d, discovery, "PILOT_JWT_PUB_KEY_REFRESH_INTERVAL", "1m")
 	}
+	checkCookieStripped(t, &p)
+	if t.has(partPolicies) {
+		checkOAuth2ProxyPolicies(t, &p)
+	}
 	return p
+}
+
+// sessionCookie is the cookie oauth2-proxy keeps Kubeflow's sessions in.
+const sessionCookie = "oauth2_proxy_kubeflow"
+
+// checkCookieStripped checks the EnvoyFilter that removes the session cookie
+// at the ingress gateway, before requests reach workloads.
+func checkCookieStripped(t *target, p *problems) {
+	f := t.require(p, "EnvoyFilter", ns, "istio-ingressgateway-remove-auth-cookie")
+	if f == nil {
+		return
+	}
+	key := object.Key(f)
+	sel, ok := field(f, "spec.workloadSelector.labels")
+	if m, isMap := sel.(map[string]any); !ok || !isMap || !t.selectsPods(ns, m) {
+		p.wrong(key, "spec.workloadSelector.labels", sel, "the labels of the ingress gateway's pods")
+	}
+	patches, _, _ := unstructured.NestedSlice(f.Object, "spec", "configPatches")
+	for _, x := range patches {
+		m, _ := x.(map[string]any)
+		code, _, _ := unstructured.NestedString(m, "patch", "value", "typed_config", "inlineCode")
+		if m["applyTo"] == "HTTP_FILTER" && strings.Contains(code, sessionCookie) {
+			return
+		}
+	}
+	p.because(key, "spec.configPatches", "no HTTP filter that removes the "+sessionCookie+" cookie")
+}
+
+// checkOAuth2ProxyPolicies checks the opt-in policies: requests without an
+// Authorization header go to oauth2-proxy, every request needs a JWT, and
+// Dex's tokens carry the user to Kubeflow's headers.
+func checkOAuth2ProxyPolicies(t *target, p *problems) {
+	if a := t.require(p, "AuthorizationPolicy", ns, "istio-ingressgateway-oauth2-proxy"); a != nil {
+		expect(p, a, "spec.action", "CUSTOM")
+		expect(p, a, "spec.provider.name", "oauth2-proxy")
+		if r, _ := field(a, "spec.rules"); !strings.Contains(show(r), "request.headers[authorization]") {
+			p.wrong(object.Key(a), "spec.rules", r, "rules that send requests without an Authorization header to oauth2-proxy")
+		}
+	}
+	if a := t.require(p, "AuthorizationPolicy", ns, "istio-ingressgateway-require-jwt"); a != nil {
+		expect(p, a, "spec.action", "DENY")
+		if r, _ := field(a, "spec.rules"); !strings.Contains(show(r), "notRequestPrincipals") {
+			p.wrong(object.Key(a), "spec.rules", r, "a rule denying requests without a request principal")
+		}
+	}
+	if ra := t.require(p, "RequestAuthentication", ns, "dex-jwt"); ra != nil {
+		rules, _ := field(ra, "spec.jwtRules")
+		for _, want := range []string{"http://dex.auth.svc.cluster.local:5556/dex", "kubeflow-userid", "kubeflow-groups"} {
+			if !strings.Contains(show(rules), want) {
+				p.wrong(object.Key(ra), "spec.jwtRules", rules, "to name "+want)
+			}
+		}
+	}
 }
 
 func checkGKE(t *target) []Problem {

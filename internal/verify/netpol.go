@@ -100,6 +100,14 @@ func checkNetworkPolicies(t *target) []Problem {
 			p.because(object.Key(o), "", err.Error())
 			continue
 		}
+		// The API server defaults policyTypes as here (Ingress, and Egress
+		// with egress rules); the matcher needs them set.
+		if len(np.Spec.PolicyTypes) == 0 {
+			np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
+			if len(np.Spec.Egress) > 0 {
+				np.Spec.PolicyTypes = append(np.Spec.PolicyTypes, networkingv1.PolicyTypeEgress)
+			}
+		}
 		nps = append(nps, np)
 	}
 	policy := matcher.BuildNetworkPolicies(true, nps)

@@ -299,6 +299,12 @@ func TestEachCheckFailsOnABrokenBuild(t *testing.T) {
 		{"no ext-authz provider", "F13", inst("insecure"), func(m *objects) {
 			m.editMesh(func(mesh map[string]any) { delete(mesh, "extensionProviders") })
 		}},
+		{"session cookie kept", "F13", inst("gke"), func(m *objects) {
+			m.remove("EnvoyFilter/istio-system/istio-ingressgateway-remove-auth-cookie")
+		}},
+		{"no JWT required", "F13", inst("oauth2-proxy", build.OAuth2ProxyPolicies), func(m *objects) {
+			m.set("AuthorizationPolicy/istio-system/istio-ingressgateway-require-jwt", map[string]any{}, "spec")
+		}},
 		{"JWKS refresh", "F13", dirSpec("istio-install/overlays/oauth2-proxy"), func(m *objects) {
 			m.dropEnv(istiodKey, "discovery", "PILOT_JWT_PUB_KEY_REFRESH_INTERVAL")
 		}},
