@@ -371,6 +371,9 @@ func TestEachCheckFailsOnABrokenBuild(t *testing.T) {
 			m.dropEnv(istiodKey, "discovery", "PILOT_ENABLE_AMBIENT")
 		}},
 		{"GKE quota missing", "F14", inst("ambient-gke"), func(m *objects) { m.remove("ResourceQuota/kube-system/ztunnel") }},
+		{"a policy without policyTypes selects every pod", "F20", inst("oauth2-proxy"), func(m *objects) {
+			m.set("NetworkPolicy/istio-system/allow-istiod-control-plane", map[string]any{"podSelector": map[string]any{}}, "spec")
+		}},
 		{"oauth2-proxy's policy in an overlay", "F21", inst("gke"), func(m *objects) {
 			m.add("apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: dex-jwt\n  namespace: istio-system\nspec: {}\n")
 		}},
