@@ -23,8 +23,10 @@ const (
 	Created    Action = "created"
 	Configured Action = "configured"
 	Unchanged  Action = "unchanged"
-	Pruned     Action = "pruned"
-	Deleted    Action = "deleted"
+	// Adopted: kfistio took the object over from other field managers.
+	Adopted Action = "adopted"
+	Pruned  Action = "pruned"
+	Deleted Action = "deleted"
 	// Released: kfistio removed the fields it owned and left the object, a
 	// namespace that other software shares.
 	Released Action = "released"
@@ -35,6 +37,9 @@ type Change struct {
 	Object string `json:"object"`
 	Action Action `json:"action"`
 	Note   string `json:"note,omitempty"`
+	// Removed are the fields an adoption removed: the previous release set
+	// them and this one does not.
+	Removed []string `json:"removed,omitempty"`
 }
 
 // ChangeSet is what an install or uninstall did, object by object, in order.
@@ -89,14 +94,15 @@ func (in *Installer) dryRun(ctx context.Context, o *unstructured.Unstructured, f
 }
 
 // apply server-side applies o, unless the server's dry run of the apply shows
-// it would change nothing, and reports what it did (or, with dryRun, would do).
-func (in *Installer) apply(ctx context.Context, o *unstructured.Unstructured, dryRun, force bool) (Action, error) {
+// it would change nothing, and reports what it did (or, with dryRun, would do)
+// and the object it left.
+func (in *Installer) apply(ctx context.Context, o *unstructured.Unstructured, dryRun, force bool) (Action, *unstructured.Unstructured, error) {
 	res, body, live, after, err := in.dryRun(ctx, o, force)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	if live != nil && sameObject(live, after) {
-		return Unchanged, nil
+		return Unchanged, live, nil
 	}
 	opts := metav1.PatchOptions{FieldManager: FieldManager, Force: &force}
 	if dryRun {
@@ -104,14 +110,14 @@ func (in *Installer) apply(ctx context.Context, o *unstructured.Unstructured, dr
 	}
 	// A change already went through the server's dry run; a creation has not.
 	if live == nil || !dryRun {
-		if _, err := res.Patch(ctx, o.GetName(), types.ApplyPatchType, body, opts); err != nil {
-			return "", applyError(object.Key(o), err)
+		if after, err = res.Patch(ctx, o.GetName(), types.ApplyPatchType, body, opts); err != nil {
+			return "", nil, applyError(object.Key(o), err)
 		}
 	}
 	if live == nil {
-		return Created, nil
+		return Created, after, nil
 	}
-	return Configured, nil
+	return Configured, after, nil
 }
 
 // sameObject compares two versions of an object, ignoring what the server

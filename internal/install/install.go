@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -25,6 +26,8 @@ type Installer struct {
 	// Progress, if set, receives the steps of long operations as they start
 	// and end.
 	Progress func(Event)
+	// lease is held while an operation writes.
+	lease *lease
 }
 
 // Event is a step of an operation starting (Done false) or ending.
@@ -52,8 +55,13 @@ type Options struct {
 	Objects []*unstructured.Unstructured
 	// DryRun sends only server-side dry-run requests.
 	DryRun bool
-	// ForceConflicts takes over fields that other field managers own.
+	// ForceConflicts takes over fields of kfistio's objects whose values
+	// other field managers changed.
 	ForceConflicts bool
+	// Adopt takes over objects of the installation that other field managers
+	// own (a previous installation): kfistio becomes their only manager.
+	// Without it, Install stops before any write when there are such objects.
+	Adopt bool
 	// Timeout bounds each wait for readiness.
 	Timeout time.Duration
 	// Version of kfistio, for the inventory.
@@ -67,7 +75,7 @@ const DefaultTimeout = 5 * time.Minute
 // what an earlier install applied and this one no longer has, and returns
 // what it changed. A repeated install with nothing to change writes nothing.
 // An interrupted install leaves an inventory that the next run completes.
-func (in *Installer) Install(ctx context.Context, o Options) (ChangeSet, error) {
+func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err error) {
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultTimeout
 	}
@@ -75,25 +83,42 @@ func (in *Installer) Install(ctx context.Context, o Options) (ChangeSet, error) 
 	if err != nil {
 		return nil, err
 	}
+	live, err := in.readLive(ctx, o.Objects)
+	if err != nil {
+		return nil, err
+	}
+	adopt, err := in.preflight(ctx, o, live)
+	if err != nil {
+		return nil, err
+	}
+	if !o.DryRun {
+		release, err := in.hold(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer func() { err = errors.Join(err, release()) }()
+	}
 	var desired []Ref
 	for _, obj := range o.Objects {
 		desired = append(desired, refOf(obj))
 	}
 	inv := newInventory(o.Installation, o.Version, desired)
 	var previous []Ref
+	rv := ""
 	if prev != nil {
-		previous = prev.Objects
+		previous, rv = prev.Objects, prev.resourceVersion
 	}
 	if all := union(previous, desired); !o.DryRun && (prev == nil || len(all) > len(previous)) {
 		// Record first what this install may create, so that an interrupted
 		// run can still be pruned or uninstalled.
 		during := *inv
 		during.Objects = all
-		if err := writeInventory(ctx, in.Client.Kube, &during); err != nil {
+		if err := writeInventory(ctx, in.Client.Kube, &during, rv); err != nil {
 			return nil, err
 		}
+		rv = during.resourceVersion
 	}
-	r := &run{in: in, o: o, newNamespaces: map[string]bool{}, newKinds: map[schema.GroupKind]bool{}}
+	r := &run{in: in, o: o, live: live, adopt: adopt, newNamespaces: map[string]bool{}, newKinds: map[schema.GroupKind]bool{}}
 	for _, s := range stages(o.Objects) {
 		if len(s.objs) == 0 {
 			continue
@@ -136,7 +161,97 @@ func (in *Installer) Install(ctx context.Context, o Options) (ChangeSet, error) 
 	if o.DryRun || sameInventory(prev, inv) {
 		return r.changes, nil
 	}
-	return r.changes, writeInventory(ctx, in.Client.Kube, inv)
+	if err := in.holding(); err != nil {
+		return r.changes, err
+	}
+	return r.changes, writeInventory(ctx, in.Client.Kube, inv, rv)
+}
+
+// readLive reads the live object of each of objs; absent objects (and
+// objects of kinds the server does not serve yet) are not in the map.
+func (in *Installer) readLive(ctx context.Context, objs []*unstructured.Unstructured) (map[string]*unstructured.Unstructured, error) {
+	live := map[string]*unstructured.Unstructured{}
+	for _, o := range objs {
+		key := object.Key(o)
+		if _, err := in.Client.Mapping(o.GroupVersionKind()); err != nil {
+			continue
+		}
+		res, err := in.Client.Resource(o)
+		if err != nil {
+			return nil, fmt.Errorf("get %s: %w", key, err)
+		}
+		l, err := res.Get(ctx, o.GetName(), metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+		case err != nil:
+			return nil, fmt.Errorf("get %s: %w", key, err)
+		default:
+			live[key] = l
+		}
+	}
+	return live, nil
+}
+
+// preflight refuses, before any write, an install into namespaces that are
+// being deleted, over objects of a Helm release, and over another
+// installation (objects of the installation that other field managers own)
+// unless Adopt is set. It returns the objects to adopt.
+func (in *Installer) preflight(ctx context.Context, o Options, live map[string]*unstructured.Unstructured) (map[string]*owned, error) {
+	var namespaces []string
+	for _, obj := range o.Objects {
+		ns := obj.GetNamespace()
+		if obj.GetKind() == "Namespace" {
+			ns = obj.GetName()
+		}
+		if ns != "" && !slices.Contains(namespaces, ns) {
+			namespaces = append(namespaces, ns)
+		}
+	}
+	slices.Sort(namespaces)
+	var errs []error
+	for _, name := range namespaces {
+		ns, err := in.Client.Kube.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+		case err != nil:
+			return nil, fmt.Errorf("get Namespace/%s: %w", name, err)
+		case ns.DeletionTimestamp != nil:
+			errs = append(errs, fmt.Errorf("Namespace/%s is being deleted (since %s); nothing was changed: wait until it is gone (kubectl wait --for=delete namespace/%s), then run again",
+				name, ns.DeletionTimestamp.UTC().Format(time.RFC3339), name))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	var helm []string
+	var found []*owned
+	adopt := map[string]*owned{}
+	for _, obj := range o.Objects {
+		key := object.Key(obj)
+		l := live[key]
+		if l == nil {
+			continue
+		}
+		if rel := helmRelease(l); rel != "" {
+			helm = append(helm, key+": "+rel)
+			continue
+		}
+		f, err := in.ownership(ctx, obj, l)
+		if err != nil {
+			return nil, err
+		}
+		if f != nil {
+			found = append(found, f)
+			adopt[key] = f
+		}
+	}
+	switch {
+	case len(helm) > 0:
+		return nil, &HelmError{Objects: helm}
+	case len(found) > 0 && !o.Adopt:
+		return nil, in.foreignError(ctx, found)
+	}
+	return adopt, nil
 }
 
 // run is the state of one Install.
@@ -148,24 +263,67 @@ type run struct {
 	// them cannot be sent even as dry runs.
 	newNamespaces map[string]bool
 	newKinds      map[schema.GroupKind]bool
+	// live objects as read before the first write, and those of them to
+	// adopt.
+	live  map[string]*unstructured.Unstructured
+	adopt map[string]*owned
 }
 
 func (r *run) applyAll(ctx context.Context, objs []*unstructured.Unstructured) error {
 	for _, obj := range objs {
+		key := object.Key(obj)
 		if r.o.DryRun && (r.newNamespaces[obj.GetNamespace()] || r.newKinds[obj.GroupVersionKind().GroupKind()]) {
-			r.changes = append(r.changes, Change{Object: object.Key(obj), Action: Created, Note: "its namespace or CRD does not exist yet"})
+			r.changes = append(r.changes, Change{Object: key, Action: Created, Note: "its namespace or CRD does not exist yet"})
 			continue
 		}
-		a, err := r.in.apply(ctx, obj, r.o.DryRun, r.o.ForceConflicts)
+		if err := r.in.holding(); err != nil {
+			return err
+		}
+		if f := r.adopt[key]; f != nil {
+			c, err := r.adoptOne(ctx, obj, f)
+			if err != nil {
+				return err
+			}
+			r.changes = append(r.changes, c)
+			continue
+		}
+		a, _, err := r.in.apply(ctx, obj, r.o.DryRun, r.o.ForceConflicts)
 		if err != nil {
 			return err
 		}
-		r.changes = append(r.changes, Change{Object: object.Key(obj), Action: a})
+		r.changes = append(r.changes, Change{Object: key, Action: a})
 		if r.o.DryRun && a == Created {
 			r.noteNew(obj)
 		}
 	}
 	return nil
+}
+
+// adoptOne takes obj over from the managers of f, then applies it, which
+// removes the fields the previous release set and this one does not.
+func (r *run) adoptOne(ctx context.Context, obj *unstructured.Unstructured, f *owned) (Change, error) {
+	from := strings.Join(f.managers, ", ")
+	if from == "" {
+		from = "kubectl apply"
+	}
+	c := Change{Object: object.Key(obj), Action: Adopted, Note: "from " + from}
+	moved, err := r.in.adopt(ctx, r.live[c.Object], f, r.o.DryRun)
+	if err != nil {
+		return Change{}, err
+	}
+	if r.o.DryRun {
+		return c, nil
+	}
+	_, after, err := r.in.apply(ctx, obj, false, true)
+	if err != nil {
+		return Change{}, err
+	}
+	removed, err := staleFields(moved, after)
+	if err != nil {
+		return Change{}, fmt.Errorf("%s: %w", c.Object, err)
+	}
+	c.Removed = removed
+	return c, nil
 }
 
 func (r *run) noteNew(obj *unstructured.Unstructured) {

@@ -41,7 +41,7 @@ func (e *PurgeError) Error() string {
 
 // Uninstall removes what the inventory records, in reverse install order,
 // waits until it is gone, and deletes the inventory.
-func (in *Installer) Uninstall(ctx context.Context, o UninstallOptions) (ChangeSet, error) {
+func (in *Installer) Uninstall(ctx context.Context, o UninstallOptions) (_ ChangeSet, err error) {
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultTimeout
 	}
@@ -60,6 +60,13 @@ func (in *Installer) Uninstall(ctx context.Context, o UninstallOptions) (ChangeS
 		if len(crs) > 0 && !o.Confirm {
 			return nil, &PurgeError{Resources: crs}
 		}
+	}
+	if !o.DryRun {
+		release, err := in.hold(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer func() { err = errors.Join(err, release()) }()
 	}
 	var changes ChangeSet
 	err = in.step(fmt.Sprintf("Removing %d objects", len(inv.Objects)), func() error {
@@ -82,7 +89,10 @@ func (in *Installer) Uninstall(ctx context.Context, o UninstallOptions) (ChangeS
 	if err := in.step("Waiting until the deleted objects are gone", func() error { return in.waitGone(ctx, gone, o.Timeout) }); err != nil {
 		return changes, err
 	}
-	return changes, deleteInventory(ctx, in.Client.Kube)
+	if err := in.holding(); err != nil {
+		return changes, err
+	}
+	return changes, deleteInventory(ctx, in.Client.Kube, inv)
 }
 
 // customResources lists the objects of every kind the inventory's CRDs
