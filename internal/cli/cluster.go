@@ -156,6 +156,9 @@ func writeChanges(w io.Writer, cs install.ChangeSet, dryRun bool) error {
 		if c.Note != "" {
 			line += " (" + c.Note + ")"
 		}
+		for _, f := range c.Removed {
+			line += "\n  removed " + f
+		}
 		if _, err := fmt.Fprintln(w, line); err != nil {
 			return err
 		}
