@@ -22,6 +22,9 @@ import (
 // Installer works on one cluster.
 type Installer struct {
 	Client *kube.Client
+	// Concurrency bounds the requests in flight; 0 means
+	// DefaultConcurrency.
+	Concurrency int
 	// Progress, if set, receives the steps of long operations as they start
 	// and end.
 	Progress func(Event)
@@ -93,10 +96,18 @@ func (in *Installer) Install(ctx context.Context, o Options) (ChangeSet, error) 
 			return nil, err
 		}
 	}
-	r := &run{in: in, o: o, newNamespaces: map[string]bool{}, newKinds: map[schema.GroupKind]bool{}}
+	snap, err := in.Snapshot(ctx, append(stubs(previous), o.Objects...))
+	if err != nil {
+		return nil, err
+	}
+	r := &run{in: in, o: o, snap: snap, newNamespaces: map[string]bool{}, newKinds: map[schema.GroupKind]bool{}}
 	for _, s := range stages(o.Objects) {
 		if len(s.objs) == 0 {
 			continue
+		}
+		// Kinds whose CRDs the first stage created are listed now.
+		if err := snap.Read(ctx, in, s.objs); err != nil {
+			return r.changes, err
 		}
 		if s.name == stageControlPlane {
 			if err := r.ensureNamespaces(ctx); err != nil {
@@ -124,7 +135,7 @@ func (in *Installer) Install(ctx context.Context, o Options) (ChangeSet, error) 
 	}
 	if gone := stale(previous, desired); len(gone) > 0 {
 		err := in.step(fmt.Sprintf("Pruning %d objects the installation no longer has", len(gone)), func() error {
-			changes, err := in.remove(ctx, gone, Pruned, false, o.DryRun)
+			changes, err := in.remove(ctx, snap, gone, Pruned, false, o.DryRun)
 			r.changes = append(r.changes, changes...)
 			return err
 		})
@@ -143,6 +154,7 @@ func (in *Installer) Install(ctx context.Context, o Options) (ChangeSet, error) 
 type run struct {
 	in      *Installer
 	o       Options
+	snap    *Snapshot
 	changes ChangeSet
 	// In a dry run, namespaces and CRDs that the run would create: objects in
 	// them cannot be sent even as dry runs.
@@ -150,22 +162,35 @@ type run struct {
 	newKinds      map[schema.GroupKind]bool
 }
 
+// applyAll applies objs, in.Concurrency at a time, and records the changes
+// in the order of objs. A failure does not stop the other objects of the
+// stage: the errors are joined in the same order.
 func (r *run) applyAll(ctx context.Context, objs []*unstructured.Unstructured) error {
-	for _, obj := range objs {
+	changes := make([]*Change, len(objs))
+	errs := inParallel(ctx, len(objs), r.in.concurrency(), func(i int) error {
+		obj := objs[i]
 		if r.o.DryRun && (r.newNamespaces[obj.GetNamespace()] || r.newKinds[obj.GroupVersionKind().GroupKind()]) {
-			r.changes = append(r.changes, Change{Object: object.Key(obj), Action: Created, Note: "its namespace or CRD does not exist yet"})
-			continue
+			changes[i] = &Change{Object: object.Key(obj), Action: Created, Note: "its namespace or CRD does not exist yet"}
+			return nil
 		}
-		a, err := r.in.apply(ctx, obj, r.o.DryRun, r.o.ForceConflicts)
+		live, _ := r.snap.Get(r.in, obj)
+		a, err := r.in.apply(ctx, obj, live, r.o.DryRun, r.o.ForceConflicts)
 		if err != nil {
 			return err
 		}
-		r.changes = append(r.changes, Change{Object: object.Key(obj), Action: a})
-		if r.o.DryRun && a == Created {
-			r.noteNew(obj)
+		changes[i] = &Change{Object: object.Key(obj), Action: a}
+		return nil
+	})
+	for i, c := range changes {
+		if c == nil {
+			continue
+		}
+		r.changes = append(r.changes, *c)
+		if r.o.DryRun && c.Action == Created && c.Note == "" {
+			r.noteNew(objs[i])
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func (r *run) noteNew(obj *unstructured.Unstructured) {
@@ -197,20 +222,24 @@ func (r *run) ensureNamespaces(ctx context.Context) error {
 		}
 	}
 	slices.Sort(needed)
+	var nss []*unstructured.Unstructured
 	for _, ns := range needed {
-		_, err := r.in.Client.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
-		if err == nil {
+		nss = append(nss, Ref{APIVersion: "v1", Kind: "Namespace", Name: ns}.stub())
+	}
+	if err := r.snap.Read(ctx, r.in, nss); err != nil {
+		return err
+	}
+	for _, ns := range nss {
+		if live, _ := r.snap.Get(r.in, ns); live != nil {
 			continue
 		}
-		if !apierrors.IsNotFound(err) {
-			return fmt.Errorf("get Namespace/%s: %w", ns, err)
-		}
+		ns := ns.GetName()
 		opts := metav1.CreateOptions{FieldManager: FieldManager}
 		if r.o.DryRun {
 			opts.DryRun = []string{metav1.DryRunAll}
 			r.newNamespaces[ns] = true
 		}
-		_, err = r.in.Client.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, opts)
+		_, err := r.in.Client.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, opts)
 		if err != nil && !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("create Namespace/%s: %w", ns, err)
 		}
@@ -225,21 +254,17 @@ func (r *run) ensureNamespaces(ctx context.Context) error {
 // go first: once the roles they aggregate change, the API server's
 // aggregation controller applies their rules, and an apply recreates a
 // ClusterRole that was just deleted.
-func (in *Installer) remove(ctx context.Context, refs []Ref, action Action, purge, dryRun bool) (ChangeSet, error) {
-	var stubs []*unstructured.Unstructured
-	for _, r := range refs {
-		stubs = append(stubs, r.stub())
-	}
-	ordered := installOrder(stubs)
+func (in *Installer) remove(ctx context.Context, snap *Snapshot, refs []Ref, action Action, purge, dryRun bool) (ChangeSet, error) {
+	ordered := installOrder(stubs(refs))
 	slices.Reverse(ordered)
+	if err := snap.Read(ctx, in, ordered); err != nil {
+		return nil, err
+	}
 	var live []*unstructured.Unstructured
 	var changes ChangeSet
-	var errs []error
 	for _, stub := range ordered {
-		o, c, err := in.managed(ctx, stub)
+		o, c := in.managed(snap, stub)
 		switch {
-		case err != nil:
-			errs = append(errs, err)
 		case c != nil:
 			changes = append(changes, *c)
 		case o != nil:
@@ -257,6 +282,7 @@ func (in *Installer) remove(ctx context.Context, refs []Ref, action Action, purg
 		}
 		return 0
 	})
+	var errs []error
 	for _, o := range live {
 		c, err := in.removeOne(ctx, o, action, purge, dryRun)
 		if err != nil {
@@ -269,25 +295,17 @@ func (in *Installer) remove(ctx context.Context, refs []Ref, action Action, purg
 }
 
 // managed returns the live object of stub if kfistio still manages it; a
-// change when it is there but no longer kfistio's; nothing when it is gone.
-func (in *Installer) managed(ctx context.Context, stub *unstructured.Unstructured) (*unstructured.Unstructured, *Change, error) {
-	key := object.Key(stub)
-	res, err := in.Client.Resource(stub)
-	if err != nil {
-		// The kind is gone (its CRD was deleted): so is the object.
-		return nil, nil, nil
-	}
-	live, err := res.Get(ctx, stub.GetName(), metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return nil, nil, nil
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("get %s: %w", key, err)
+// change when it is there but no longer kfistio's; nothing when it is gone
+// (or its kind is: its CRD was deleted).
+func (in *Installer) managed(snap *Snapshot, stub *unstructured.Unstructured) (*unstructured.Unstructured, *Change) {
+	live, _ := snap.Get(in, stub)
+	if live == nil {
+		return nil, nil
 	}
 	if live.GetLabels()[ManagedLabel] != "true" {
-		return nil, &Change{Object: key, Action: Unchanged, Note: "left alone: it no longer carries " + ManagedLabel}, nil
+		return nil, &Change{Object: object.Key(stub), Action: Unchanged, Note: "left alone: it no longer carries " + ManagedLabel}
 	}
-	return live, nil, nil
+	return live, nil
 }
 
 // removeOne deletes, releases or keeps the live object o.
