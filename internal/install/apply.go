@@ -68,56 +68,60 @@ func withLabel(o *unstructured.Unstructured) *unstructured.Unstructured {
 	return c
 }
 
-// dryRun reads o's live object (nil when it does not exist) and, when it
-// exists, what a server-side apply of o would make of it.
-func (in *Installer) dryRun(ctx context.Context, o *unstructured.Unstructured, force bool) (res dynamic.ResourceInterface, body []byte, live, after *unstructured.Unstructured, err error) {
-	key := object.Key(o)
-	if res, err = in.Client.Resource(o); err != nil {
-		return nil, nil, nil, nil, fmt.Errorf("apply %s: %w", key, err)
-	}
-	if body, err = json.Marshal(withLabel(o).Object); err != nil {
-		return nil, nil, nil, nil, err
-	}
-	live, err = res.Get(ctx, o.GetName(), metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		return res, body, nil, nil, nil
-	case err != nil:
-		return nil, nil, nil, nil, applyError(key, err)
-	}
-	after, err = res.Patch(ctx, o.GetName(), types.ApplyPatchType, body,
-		metav1.PatchOptions{FieldManager: FieldManager, Force: &force, DryRun: []string{metav1.DryRunAll}})
+// request is what a server-side apply of o sends, and where.
+func (in *Installer) request(o *unstructured.Unstructured) (dynamic.ResourceInterface, []byte, error) {
+	res, err := in.Client.Resource(o)
 	if err != nil {
-		return nil, nil, nil, nil, applyError(key, err)
+		return nil, nil, fmt.Errorf("apply %s: %w", object.Key(o), err)
 	}
-	return res, body, live, after, nil
+	body, err := json.Marshal(withLabel(o).Object)
+	if err != nil {
+		return nil, nil, fmt.Errorf("apply %s: %w", object.Key(o), err)
+	}
+	return res, body, nil
 }
 
-// apply server-side applies o, unless the server's dry run of the apply shows
-// it would change nothing, and reports what it did (or, with dryRun, would do)
-// and the object it left.
-func (in *Installer) apply(ctx context.Context, o *unstructured.Unstructured, dryRun, force bool) (Action, *unstructured.Unstructured, error) {
-	res, body, live, after, err := in.dryRun(ctx, o, force)
-	if err != nil {
-		return "", nil, err
-	}
-	if live != nil && sameObject(live, after) {
-		return Unchanged, live, nil
-	}
+// patch server-side applies body as o, or only as a dry run.
+func patch(ctx context.Context, res dynamic.ResourceInterface, o *unstructured.Unstructured, body []byte, force, dryRun bool) (*unstructured.Unstructured, error) {
 	opts := metav1.PatchOptions{FieldManager: FieldManager, Force: &force}
 	if dryRun {
 		opts.DryRun = []string{metav1.DryRunAll}
 	}
-	// A change already went through the server's dry run; a creation has not.
-	if live == nil || !dryRun {
-		if after, err = res.Patch(ctx, o.GetName(), types.ApplyPatchType, body, opts); err != nil {
-			return "", nil, applyError(object.Key(o), err)
-		}
+	after, err := res.Patch(ctx, o.GetName(), types.ApplyPatchType, body, opts)
+	if err != nil {
+		return nil, applyError(object.Key(o), err)
+	}
+	return after, nil
+}
+
+// apply server-side applies o over its live object (nil when there is none),
+// unless the server's dry run of the apply shows it would change nothing, and
+// reports what it did (or, with dryRun, would do). A creation needs no
+// comparison: it is sent once.
+func (in *Installer) apply(ctx context.Context, o, live *unstructured.Unstructured, dryRun, force bool) (Action, error) {
+	res, body, err := in.request(o)
+	if err != nil {
+		return "", err
 	}
 	if live == nil {
-		return Created, after, nil
+		if _, err := patch(ctx, res, o, body, force, dryRun); err != nil {
+			return "", err
+		}
+		return Created, nil
 	}
-	return Configured, after, nil
+	after, err := patch(ctx, res, o, body, force, true)
+	if err != nil {
+		return "", err
+	}
+	if sameObject(live, after) {
+		return Unchanged, nil
+	}
+	if !dryRun {
+		if _, err := patch(ctx, res, o, body, force, false); err != nil {
+			return "", err
+		}
+	}
+	return Configured, nil
 }
 
 // sameObject compares two versions of an object, ignoring what the server

@@ -2,6 +2,7 @@ package install
 
 import (
 	"context"
+	"errors"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -29,20 +30,38 @@ func (in *Installer) Diff(ctx context.Context, objs []*unstructured.Unstructured
 	if err != nil {
 		return nil, err
 	}
-	return in.diff(ctx, inv, objs)
+	snap, err := in.Snapshot(ctx, append(inventoryStubs(inv), objs...))
+	if err != nil {
+		return nil, err
+	}
+	return in.diff(ctx, snap, inv, objs)
 }
 
-func (in *Installer) diff(ctx context.Context, inv *Inventory, objs []*unstructured.Unstructured) ([]ObjectDiff, error) {
+// inventoryStubs are the stubs of what inv records (none without one).
+func inventoryStubs(inv *Inventory) []*unstructured.Unstructured {
+	if inv == nil {
+		return nil
+	}
+	return stubs(inv.Objects)
+}
+
+func (in *Installer) diff(ctx context.Context, snap *Snapshot, inv *Inventory, objs []*unstructured.Unstructured) ([]ObjectDiff, error) {
+	ordered := installOrder(objs)
+	diffs := make([]*ObjectDiff, len(ordered))
+	errs := inParallel(ctx, len(ordered), in.concurrency(), func(i int) error {
+		d, err := in.diffOne(ctx, snap, ordered[i])
+		diffs[i] = d
+		return err
+	})
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
 	var out []ObjectDiff
 	var desired []Ref
-	for _, o := range installOrder(objs) {
+	for i, o := range ordered {
 		desired = append(desired, refOf(o))
-		d, err := in.diffOne(ctx, o)
-		if err != nil {
-			return nil, err
-		}
-		if d != nil {
-			out = append(out, *d)
+		if diffs[i] != nil {
+			out = append(out, *diffs[i])
 		}
 	}
 	if inv == nil {
@@ -52,36 +71,36 @@ func (in *Installer) diff(ctx context.Context, inv *Inventory, objs []*unstructu
 		if r.Kind == "CustomResourceDefinition" {
 			continue // kept by prune
 		}
-		live, _, err := in.managed(ctx, r.stub())
-		if err != nil {
-			return nil, err
-		}
-		if live != nil {
+		if live, _ := in.managed(snap, r.stub()); live != nil {
 			out = append(out, ObjectDiff{Object: r.Key(), Action: Pruned, Diff: diffYAML(r.Key(), live, nil)})
 		}
 	}
 	return out, nil
 }
 
-func (in *Installer) diffOne(ctx context.Context, o *unstructured.Unstructured) (*ObjectDiff, error) {
+func (in *Installer) diffOne(ctx context.Context, snap *Snapshot, o *unstructured.Unstructured) (*ObjectDiff, error) {
 	key := object.Key(o)
-	if _, err := in.Client.Mapping(o.GroupVersionKind()); err != nil {
-		// The kind does not exist yet: its CRD is part of the install.
+	live, _ := snap.Get(in, o)
+	if live == nil {
+		// Absent, or its kind does not exist yet: its CRD is part of the
+		// install.
 		return &ObjectDiff{Object: key, Action: Created, Diff: diffYAML(key, nil, withLabel(o))}, nil
 	}
-	_, _, live, after, err := in.dryRun(ctx, o, false)
+	res, body, err := in.request(o)
+	if err != nil {
+		return nil, err
+	}
+	after, err := patch(ctx, res, o, body, false, true)
 	var note string
 	if apierrors.IsConflict(err) {
 		// Show what install --force-conflicts would do, and say why plain
 		// install would stop.
 		note = err.Error()
-		_, _, live, after, err = in.dryRun(ctx, o, true)
+		after, err = patch(ctx, res, o, body, true, true)
 	}
 	switch {
 	case err != nil:
 		return nil, err
-	case live == nil:
-		return &ObjectDiff{Object: key, Action: Created, Diff: diffYAML(key, nil, withLabel(o))}, nil
 	case sameObject(live, after):
 		return nil, nil
 	}

@@ -23,6 +23,9 @@ import (
 // Installer works on one cluster.
 type Installer struct {
 	Client *kube.Client
+	// Concurrency bounds the requests in flight; 0 means
+	// DefaultConcurrency.
+	Concurrency int
 	// Progress, if set, receives the steps of long operations as they start
 	// and end.
 	Progress func(Event)
@@ -83,11 +86,17 @@ func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err e
 	if err != nil {
 		return nil, err
 	}
-	live, err := in.readLive(ctx, o.Objects)
+	var previous []Ref
+	rv := ""
+	if prev != nil {
+		previous, rv = prev.Objects, prev.resourceVersion
+	}
+	// Read what is there, and refuse before any write.
+	snap, err := in.Snapshot(ctx, append(stubs(previous), o.Objects...))
 	if err != nil {
 		return nil, err
 	}
-	adopt, err := in.preflight(ctx, o, live)
+	adopt, err := in.preflight(ctx, o, snap)
 	if err != nil {
 		return nil, err
 	}
@@ -103,11 +112,6 @@ func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err e
 		desired = append(desired, refOf(obj))
 	}
 	inv := newInventory(o.Installation, o.Version, desired)
-	var previous []Ref
-	rv := ""
-	if prev != nil {
-		previous, rv = prev.Objects, prev.resourceVersion
-	}
 	if all := union(previous, desired); !o.DryRun && (prev == nil || len(all) > len(previous)) {
 		// Record first what this install may create, so that an interrupted
 		// run can still be pruned or uninstalled.
@@ -118,10 +122,14 @@ func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err e
 		}
 		rv = during.resourceVersion
 	}
-	r := &run{in: in, o: o, live: live, adopt: adopt, newNamespaces: map[string]bool{}, newKinds: map[schema.GroupKind]bool{}}
+	r := &run{in: in, o: o, snap: snap, adopt: adopt, newNamespaces: map[string]bool{}, newKinds: map[schema.GroupKind]bool{}}
 	for _, s := range stages(o.Objects) {
 		if len(s.objs) == 0 {
 			continue
+		}
+		// Kinds whose CRDs the first stage created are listed now.
+		if err := snap.Read(ctx, in, s.objs); err != nil {
+			return r.changes, err
 		}
 		if s.name == stageControlPlane {
 			if err := r.ensureNamespaces(ctx); err != nil {
@@ -149,7 +157,7 @@ func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err e
 	}
 	if gone := stale(previous, desired); len(gone) > 0 {
 		err := in.step(fmt.Sprintf("Pruning %d objects the installation no longer has", len(gone)), func() error {
-			changes, err := in.remove(ctx, gone, Pruned, false, o.DryRun)
+			changes, err := in.remove(ctx, snap, gone, Pruned, false, o.DryRun)
 			r.changes = append(r.changes, changes...)
 			return err
 		})
@@ -167,36 +175,11 @@ func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err e
 	return r.changes, writeInventory(ctx, in.Client.Kube, inv, rv)
 }
 
-// readLive reads the live object of each of objs; absent objects (and
-// objects of kinds the server does not serve yet) are not in the map.
-func (in *Installer) readLive(ctx context.Context, objs []*unstructured.Unstructured) (map[string]*unstructured.Unstructured, error) {
-	live := map[string]*unstructured.Unstructured{}
-	for _, o := range objs {
-		key := object.Key(o)
-		if _, err := in.Client.Mapping(o.GroupVersionKind()); err != nil {
-			continue
-		}
-		res, err := in.Client.Resource(o)
-		if err != nil {
-			return nil, fmt.Errorf("get %s: %w", key, err)
-		}
-		l, err := res.Get(ctx, o.GetName(), metav1.GetOptions{})
-		switch {
-		case apierrors.IsNotFound(err):
-		case err != nil:
-			return nil, fmt.Errorf("get %s: %w", key, err)
-		default:
-			live[key] = l
-		}
-	}
-	return live, nil
-}
-
 // preflight refuses, before any write, an install into namespaces that are
 // being deleted, over objects of a Helm release, and over another
 // installation (objects of the installation that other field managers own)
 // unless Adopt is set. It returns the objects to adopt.
-func (in *Installer) preflight(ctx context.Context, o Options, live map[string]*unstructured.Unstructured) (map[string]*owned, error) {
+func (in *Installer) preflight(ctx context.Context, o Options, snap *Snapshot) (map[string]*owned, error) {
 	var namespaces []string
 	for _, obj := range o.Objects {
 		ns := obj.GetNamespace()
@@ -228,7 +211,7 @@ func (in *Installer) preflight(ctx context.Context, o Options, live map[string]*
 	adopt := map[string]*owned{}
 	for _, obj := range o.Objects {
 		key := object.Key(obj)
-		l := live[key]
+		l, _ := snap.Get(in, obj)
 		if l == nil {
 			continue
 		}
@@ -258,63 +241,79 @@ func (in *Installer) preflight(ctx context.Context, o Options, live map[string]*
 type run struct {
 	in      *Installer
 	o       Options
+	snap    *Snapshot
 	changes ChangeSet
 	// In a dry run, namespaces and CRDs that the run would create: objects in
 	// them cannot be sent even as dry runs.
 	newNamespaces map[string]bool
 	newKinds      map[schema.GroupKind]bool
-	// live objects as read before the first write, and those of them to
-	// adopt.
-	live  map[string]*unstructured.Unstructured
+	// adopt are the objects of another installation to take over.
 	adopt map[string]*owned
 }
 
+// applyAll applies objs, in.Concurrency at a time, and records the changes
+// in the order of objs. A failure does not stop the other objects of the
+// stage: the errors are joined in the same order.
 func (r *run) applyAll(ctx context.Context, objs []*unstructured.Unstructured) error {
-	for _, obj := range objs {
+	changes := make([]*Change, len(objs))
+	errs := inParallel(ctx, len(objs), r.in.concurrency(), func(i int) error {
+		obj := objs[i]
 		key := object.Key(obj)
 		if r.o.DryRun && (r.newNamespaces[obj.GetNamespace()] || r.newKinds[obj.GroupVersionKind().GroupKind()]) {
-			r.changes = append(r.changes, Change{Object: key, Action: Created, Note: "its namespace or CRD does not exist yet"})
-			continue
+			changes[i] = &Change{Object: key, Action: Created, Note: "its namespace or CRD does not exist yet"}
+			return nil
 		}
 		if err := r.in.holding(); err != nil {
 			return err
 		}
-		if f := r.adopt[key]; f != nil {
-			c, err := r.adoptOne(ctx, obj, f)
+		live, _ := r.snap.Get(r.in, obj)
+		if f := r.adopt[key]; f != nil && live != nil {
+			c, err := r.adoptOne(ctx, obj, live, f)
 			if err != nil {
 				return err
 			}
-			r.changes = append(r.changes, c)
-			continue
+			changes[i] = &c
+			return nil
 		}
-		a, _, err := r.in.apply(ctx, obj, r.o.DryRun, r.o.ForceConflicts)
+		a, err := r.in.apply(ctx, obj, live, r.o.DryRun, r.o.ForceConflicts)
 		if err != nil {
 			return err
 		}
-		r.changes = append(r.changes, Change{Object: key, Action: a})
-		if r.o.DryRun && a == Created {
-			r.noteNew(obj)
+		changes[i] = &Change{Object: key, Action: a}
+		return nil
+	})
+	for i, c := range changes {
+		if c == nil {
+			continue
+		}
+		r.changes = append(r.changes, *c)
+		if r.o.DryRun && c.Action == Created && c.Note == "" {
+			r.noteNew(objs[i])
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // adoptOne takes obj over from the managers of f, then applies it, which
 // removes the fields the previous release set and this one does not.
-func (r *run) adoptOne(ctx context.Context, obj *unstructured.Unstructured, f *owned) (Change, error) {
+func (r *run) adoptOne(ctx context.Context, obj, live *unstructured.Unstructured, f *owned) (Change, error) {
 	from := strings.Join(f.managers, ", ")
 	if from == "" {
 		from = "kubectl apply"
 	}
 	c := Change{Object: object.Key(obj), Action: Adopted, Note: "from " + from}
-	moved, err := r.in.adopt(ctx, r.live[c.Object], f, r.o.DryRun)
+	moved, err := r.in.adopt(ctx, live, f, r.o.DryRun)
 	if err != nil {
 		return Change{}, err
 	}
 	if r.o.DryRun {
 		return c, nil
 	}
-	_, after, err := r.in.apply(ctx, obj, false, true)
+	res, body, err := r.in.request(obj)
+	if err != nil {
+		return Change{}, err
+	}
+	after, err := patch(ctx, res, obj, body, true, false)
 	if err != nil {
 		return Change{}, err
 	}
@@ -355,20 +354,24 @@ func (r *run) ensureNamespaces(ctx context.Context) error {
 		}
 	}
 	slices.Sort(needed)
+	var nss []*unstructured.Unstructured
 	for _, ns := range needed {
-		_, err := r.in.Client.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
-		if err == nil {
+		nss = append(nss, Ref{APIVersion: "v1", Kind: "Namespace", Name: ns}.stub())
+	}
+	if err := r.snap.Read(ctx, r.in, nss); err != nil {
+		return err
+	}
+	for _, ns := range nss {
+		if live, _ := r.snap.Get(r.in, ns); live != nil {
 			continue
 		}
-		if !apierrors.IsNotFound(err) {
-			return fmt.Errorf("get Namespace/%s: %w", ns, err)
-		}
+		ns := ns.GetName()
 		opts := metav1.CreateOptions{FieldManager: FieldManager}
 		if r.o.DryRun {
 			opts.DryRun = []string{metav1.DryRunAll}
 			r.newNamespaces[ns] = true
 		}
-		_, err = r.in.Client.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, opts)
+		_, err := r.in.Client.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, opts)
 		if err != nil && !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("create Namespace/%s: %w", ns, err)
 		}
@@ -383,21 +386,17 @@ func (r *run) ensureNamespaces(ctx context.Context) error {
 // go first: once the roles they aggregate change, the API server's
 // aggregation controller applies their rules, and an apply recreates a
 // ClusterRole that was just deleted.
-func (in *Installer) remove(ctx context.Context, refs []Ref, action Action, purge, dryRun bool) (ChangeSet, error) {
-	var stubs []*unstructured.Unstructured
-	for _, r := range refs {
-		stubs = append(stubs, r.stub())
-	}
-	ordered := installOrder(stubs)
+func (in *Installer) remove(ctx context.Context, snap *Snapshot, refs []Ref, action Action, purge, dryRun bool) (ChangeSet, error) {
+	ordered := installOrder(stubs(refs))
 	slices.Reverse(ordered)
+	if err := snap.Read(ctx, in, ordered); err != nil {
+		return nil, err
+	}
 	var live []*unstructured.Unstructured
 	var changes ChangeSet
-	var errs []error
 	for _, stub := range ordered {
-		o, c, err := in.managed(ctx, stub)
+		o, c := in.managed(snap, stub)
 		switch {
-		case err != nil:
-			errs = append(errs, err)
 		case c != nil:
 			changes = append(changes, *c)
 		case o != nil:
@@ -415,6 +414,7 @@ func (in *Installer) remove(ctx context.Context, refs []Ref, action Action, purg
 		}
 		return 0
 	})
+	var errs []error
 	for _, o := range live {
 		c, err := in.removeOne(ctx, o, action, purge, dryRun)
 		if err != nil {
@@ -427,25 +427,17 @@ func (in *Installer) remove(ctx context.Context, refs []Ref, action Action, purg
 }
 
 // managed returns the live object of stub if kfistio still manages it; a
-// change when it is there but no longer kfistio's; nothing when it is gone.
-func (in *Installer) managed(ctx context.Context, stub *unstructured.Unstructured) (*unstructured.Unstructured, *Change, error) {
-	key := object.Key(stub)
-	res, err := in.Client.Resource(stub)
-	if err != nil {
-		// The kind is gone (its CRD was deleted): so is the object.
-		return nil, nil, nil
-	}
-	live, err := res.Get(ctx, stub.GetName(), metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return nil, nil, nil
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("get %s: %w", key, err)
+// change when it is there but no longer kfistio's; nothing when it is gone
+// (or its kind is: its CRD was deleted).
+func (in *Installer) managed(snap *Snapshot, stub *unstructured.Unstructured) (*unstructured.Unstructured, *Change) {
+	live, _ := snap.Get(in, stub)
+	if live == nil {
+		return nil, nil
 	}
 	if live.GetLabels()[ManagedLabel] != "true" {
-		return nil, &Change{Object: key, Action: Unchanged, Note: "left alone: it no longer carries " + ManagedLabel}, nil
+		return nil, &Change{Object: object.Key(stub), Action: Unchanged, Note: "left alone: it no longer carries " + ManagedLabel}
 	}
-	return live, nil, nil
+	return live, nil
 }
 
 // removeOne deletes, releases or keeps the live object o.

@@ -434,7 +434,7 @@ func TestCRDNeverEstablished(t *testing.T) {
 	})
 	in, _ := admin(t)
 	first := crd("widgets", "Widget")
-	if _, _, err := in.apply(ctx, first, false, false); err != nil {
+	if _, err := in.apply(ctx, first, nil, false, false); err != nil {
 		t.Fatal(err)
 	}
 	// Same kind, other plural: the API server refuses the names.

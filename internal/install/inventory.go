@@ -77,6 +77,15 @@ func (r Ref) stub() *unstructured.Unstructured {
 	return u
 }
 
+// stubs are the stubs of refs.
+func stubs(refs []Ref) []*unstructured.Unstructured {
+	out := make([]*unstructured.Unstructured, 0, len(refs))
+	for _, r := range refs {
+		out = append(out, r.stub())
+	}
+	return out
+}
+
 // Inventory is what the inventory ConfigMap records.
 type Inventory struct {
 	// Overlay and the optional parts of the installation.

@@ -156,7 +156,11 @@ func (in *Installer) ownership(ctx context.Context, o, live *unstructured.Unstru
 		return nil, nil
 	}
 	if !ours {
-		_, _, _, after, err := in.dryRun(ctx, o, true)
+		res, body, err := in.request(o)
+		if err != nil {
+			return nil, err
+		}
+		after, err := patch(ctx, res, o, body, true, true)
 		if err != nil {
 			return nil, err
 		}

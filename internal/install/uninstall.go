@@ -52,8 +52,12 @@ func (in *Installer) Uninstall(ctx context.Context, o UninstallOptions) (_ Chang
 	if inv == nil {
 		return nil, ErrNotInstalled
 	}
+	snap, err := in.Snapshot(ctx, stubs(inv.Objects))
+	if err != nil {
+		return nil, err
+	}
 	if o.Purge {
-		crs, err := in.customResources(ctx, inv.Objects)
+		crs, err := in.customResources(ctx, snap, inv.Objects)
 		if err != nil {
 			return nil, err
 		}
@@ -70,7 +74,7 @@ func (in *Installer) Uninstall(ctx context.Context, o UninstallOptions) (_ Chang
 	}
 	var changes ChangeSet
 	err = in.step(fmt.Sprintf("Removing %d objects", len(inv.Objects)), func() error {
-		changes, err = in.remove(ctx, inv.Objects, Deleted, o.Purge, o.DryRun)
+		changes, err = in.remove(ctx, snap, inv.Objects, Deleted, o.Purge, o.DryRun)
 		return err
 	})
 	if err != nil || o.DryRun {
@@ -97,7 +101,7 @@ func (in *Installer) Uninstall(ctx context.Context, o UninstallOptions) (_ Chang
 
 // customResources lists the objects of every kind the inventory's CRDs
 // define, in every namespace, that kfistio did not apply itself.
-func (in *Installer) customResources(ctx context.Context, refs []Ref) ([]string, error) {
+func (in *Installer) customResources(ctx context.Context, snap *Snapshot, refs []Ref) ([]string, error) {
 	ours := map[string]bool{}
 	for _, r := range refs {
 		ours[r.Key()] = true
@@ -107,16 +111,9 @@ func (in *Installer) customResources(ctx context.Context, refs []Ref) ([]string,
 		if r.Kind != "CustomResourceDefinition" {
 			continue
 		}
-		res, err := in.Client.Resource(r.stub())
-		if err != nil {
-			return nil, err
-		}
-		crd, err := res.Get(ctx, r.Name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
+		crd, _ := snap.Get(in, r.stub())
+		if crd == nil {
 			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("get %s: %w", r.Key(), err)
 		}
 		group, _, _ := unstructured.NestedString(crd.Object, "spec", "group")
 		kind, _, _ := unstructured.NestedString(crd.Object, "spec", "names", "kind")
@@ -154,23 +151,20 @@ func (in *Installer) customResources(ctx context.Context, refs []Ref) ([]string,
 	return out, nil
 }
 
-// waitGone waits until refs no longer exist.
+// waitGone waits until refs no longer exist, listing them by kind and
+// namespace.
 func (in *Installer) waitGone(ctx context.Context, refs []Ref, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
+	objs := stubs(refs)
 	for {
+		snap, err := in.managedSnapshot(ctx, objs)
+		if err != nil {
+			return err
+		}
 		var left []string
-		for _, r := range refs {
-			res, err := in.Client.Resource(r.stub())
-			if err != nil {
-				continue
-			}
-			_, err = res.Get(ctx, r.Name, metav1.GetOptions{})
-			switch {
-			case apierrors.IsNotFound(err):
-			case err != nil:
-				return fmt.Errorf("get %s: %w", r.Key(), err)
-			default:
-				left = append(left, r.Key())
+		for _, o := range objs {
+			if live, _ := snap.Get(in, o); live != nil {
+				left = append(left, object.Key(o))
 			}
 		}
 		if len(left) == 0 {
