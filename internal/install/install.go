@@ -22,9 +22,6 @@ import (
 // Installer works on one cluster.
 type Installer struct {
 	Client *kube.Client
-	// Concurrency bounds the requests in flight; 0 means
-	// DefaultConcurrency.
-	Concurrency int
 	// Progress, if set, receives the steps of long operations as they start
 	// and end.
 	Progress func(Event)
@@ -84,8 +81,9 @@ func (in *Installer) Install(ctx context.Context, o Options) (ChangeSet, error) 
 	}
 	inv := newInventory(o.Installation, o.Version, desired)
 	var previous []Ref
+	var last map[string]string
 	if prev != nil {
-		previous = prev.Objects
+		previous, last = prev.Objects, prev.Applied
 	}
 	if all := union(previous, desired); !o.DryRun && (prev == nil || len(all) > len(previous)) {
 		// Record first what this install may create, so that an interrupted
@@ -100,7 +98,7 @@ func (in *Installer) Install(ctx context.Context, o Options) (ChangeSet, error) 
 	if err != nil {
 		return nil, err
 	}
-	r := &run{in: in, o: o, snap: snap, newNamespaces: map[string]bool{}, newKinds: map[schema.GroupKind]bool{}}
+	r := &run{in: in, o: o, snap: snap, last: last, applied: map[string]string{}, newNamespaces: map[string]bool{}, newKinds: map[schema.GroupKind]bool{}}
 	for _, s := range stages(o.Objects) {
 		if len(s.objs) == 0 {
 			continue
@@ -144,6 +142,7 @@ func (in *Installer) Install(ctx context.Context, o Options) (ChangeSet, error) 
 		}
 	}
 	inv.Complete = true
+	inv.Applied = r.applied
 	if o.DryRun || sameInventory(prev, inv) {
 		return r.changes, nil
 	}
@@ -155,6 +154,9 @@ type run struct {
 	in      *Installer
 	o       Options
 	snap    *Snapshot
+	// last holds the fingerprints of the previous install, applied those
+	// of this one.
+	last, applied map[string]string
 	changes ChangeSet
 	// In a dry run, namespaces and CRDs that the run would create: objects in
 	// them cannot be sent even as dry runs.
@@ -162,11 +164,12 @@ type run struct {
 	newKinds      map[schema.GroupKind]bool
 }
 
-// applyAll applies objs, in.Concurrency at a time, and records the changes
+// applyAll applies objs, Client.Concurrency at a time, and records the changes
 // in the order of objs. A failure does not stop the other objects of the
 // stage: the errors are joined in the same order.
 func (r *run) applyAll(ctx context.Context, objs []*unstructured.Unstructured) error {
 	changes := make([]*Change, len(objs))
+	fps := make([]string, len(objs))
 	errs := inParallel(ctx, len(objs), r.in.concurrency(), func(i int) error {
 		obj := objs[i]
 		if r.o.DryRun && (r.newNamespaces[obj.GetNamespace()] || r.newKinds[obj.GroupVersionKind().GroupKind()]) {
@@ -174,11 +177,11 @@ func (r *run) applyAll(ctx context.Context, objs []*unstructured.Unstructured) e
 			return nil
 		}
 		live, _ := r.snap.Get(r.in, obj)
-		a, err := r.in.apply(ctx, obj, live, r.o.DryRun, r.o.ForceConflicts)
+		a, fp, err := r.in.apply(ctx, obj, live, r.last[object.Key(obj)], r.o.DryRun, r.o.ForceConflicts)
 		if err != nil {
 			return err
 		}
-		changes[i] = &Change{Object: object.Key(obj), Action: a}
+		changes[i], fps[i] = &Change{Object: object.Key(obj), Action: a}, fp
 		return nil
 	})
 	for i, c := range changes {
@@ -186,6 +189,9 @@ func (r *run) applyAll(ctx context.Context, objs []*unstructured.Unstructured) e
 			continue
 		}
 		r.changes = append(r.changes, *c)
+		if fps[i] != "" && !r.o.DryRun {
+			r.applied[c.Object] = fps[i]
+		}
 		if r.o.DryRun && c.Action == Created && c.Note == "" {
 			r.noteNew(objs[i])
 		}

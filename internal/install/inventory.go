@@ -102,6 +102,9 @@ type Inventory struct {
 	// Complete is false while an install is under way (or was interrupted).
 	Complete bool  `json:"complete"`
 	Objects  []Ref `json:"objects"`
+	// Applied is, by Kind/namespace/name, the fingerprint of what the last
+	// install applied: an object that still has it needs no request.
+	Applied map[string]string `json:"applied,omitempty"`
 }
 
 // Installation is what the inventory says was installed.
