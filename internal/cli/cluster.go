@@ -20,11 +20,13 @@ import (
 type clusterFlags struct {
 	kubeconfig, context string
 	timeout             time.Duration
+	concurrency         int
 }
 
 func (f *clusterFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
 	cmd.Flags().StringVar(&f.context, "context", "", "kubeconfig context (default: the current context)")
+	cmd.Flags().IntVar(&f.concurrency, "concurrency", kube.DefaultConcurrency, "API requests to keep in flight")
 }
 
 // addTimeout adds --timeout, for the commands that wait.
@@ -36,7 +38,7 @@ func (f *clusterFlags) addTimeout(cmd *cobra.Command, what string) {
 func (f *clusterFlags) connect(ctx context.Context, warnings io.Writer) (*kube.Client, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	return kube.Connect(ctx, kube.Options{Kubeconfig: f.kubeconfig, Context: f.context, Warnings: warnings})
+	return kube.Connect(ctx, kube.Options{Kubeconfig: f.kubeconfig, Context: f.context, Warnings: warnings, Concurrency: f.concurrency})
 }
 
 // runE is the RunE of a command that works on a cluster: it checks the

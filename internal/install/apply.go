@@ -2,9 +2,12 @@ package install
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -94,34 +97,63 @@ func patch(ctx context.Context, res dynamic.ResourceInterface, o *unstructured.U
 	return after, nil
 }
 
-// apply server-side applies o over its live object (nil when there is none),
-// unless the server's dry run of the apply shows it would change nothing, and
-// reports what it did (or, with dryRun, would do). A creation needs no
-// comparison: it is sent once.
-func (in *Installer) apply(ctx context.Context, o, live *unstructured.Unstructured, dryRun, force bool) (Action, error) {
+// apply server-side applies o over its live object (nil when there is none)
+// and reports what it did (or, with dryRun, would do), and the fingerprint
+// of the result. A creation is sent once, with no comparison. An object
+// whose fingerprint is last, the one this apply left, needs no request: the
+// fields kfistio owns are still the ones it applied, with their values.
+// Otherwise the server's dry run of the apply says whether it would change
+// anything, and only then is it sent.
+func (in *Installer) apply(ctx context.Context, o, live *unstructured.Unstructured, last string, dryRun, force bool) (Action, string, error) {
 	res, body, err := in.request(o)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	if live == nil {
-		if _, err := patch(ctx, res, o, body, force, dryRun); err != nil {
-			return "", err
+		after, err := patch(ctx, res, o, body, force, dryRun)
+		if err != nil {
+			return "", "", err
 		}
-		return Created, nil
+		return Created, fingerprint(body, after), nil
+	}
+	if fp := fingerprint(body, live); fp != "" && fp == last {
+		return Unchanged, fp, nil
 	}
 	after, err := patch(ctx, res, o, body, force, true)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	if sameObject(live, after) {
-		return Unchanged, nil
+		return Unchanged, fingerprint(body, live), nil
 	}
 	if !dryRun {
-		if _, err := patch(ctx, res, o, body, force, false); err != nil {
-			return "", err
+		if after, err = patch(ctx, res, o, body, force, false); err != nil {
+			return "", "", err
 		}
 	}
-	return Configured, nil
+	return Configured, fingerprint(body, after), nil
+}
+
+// fingerprint identifies what kfistio applied to o: the applied body and
+// kfistio's managedFields entry, whose fields shrink when another manager
+// takes one over or removes one, and whose time moves when kfistio changes a
+// value. "" when kfistio has no entry.
+func fingerprint(body []byte, o *unstructured.Unstructured) string {
+	for _, e := range o.GetManagedFields() {
+		if e.Manager != FieldManager || e.Operation != metav1.ManagedFieldsOperationApply || e.Subresource != "" || e.FieldsV1 == nil {
+			continue
+		}
+		h := sha256.New()
+		h.Write(body)
+		t := ""
+		if e.Time != nil {
+			t = e.Time.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(h, "\x00%s\x00%s\x00", e.APIVersion, t)
+		h.Write(e.FieldsV1.Raw)
+		return hex.EncodeToString(h.Sum(nil))
+	}
+	return ""
 }
 
 // sameObject compares two versions of an object, ignoring what the server

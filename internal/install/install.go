@@ -23,9 +23,6 @@ import (
 // Installer works on one cluster.
 type Installer struct {
 	Client *kube.Client
-	// Concurrency bounds the requests in flight; 0 means
-	// DefaultConcurrency.
-	Concurrency int
 	// Progress, if set, receives the steps of long operations as they start
 	// and end.
 	Progress func(Event)
@@ -87,9 +84,10 @@ func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err e
 		return nil, err
 	}
 	var previous []Ref
+	var last map[string]string
 	rv := ""
 	if prev != nil {
-		previous, rv = prev.Objects, prev.resourceVersion
+		previous, last, rv = prev.Objects, prev.Applied, prev.resourceVersion
 	}
 	// Read what is there, and refuse before any write.
 	snap, err := in.Snapshot(ctx, append(stubs(previous), o.Objects...))
@@ -122,7 +120,7 @@ func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err e
 		}
 		rv = during.resourceVersion
 	}
-	r := &run{in: in, o: o, snap: snap, adopt: adopt, newNamespaces: map[string]bool{}, newKinds: map[schema.GroupKind]bool{}}
+	r := &run{in: in, o: o, snap: snap, adopt: adopt, last: last, applied: map[string]string{}, newNamespaces: map[string]bool{}, newKinds: map[schema.GroupKind]bool{}}
 	for _, s := range stages(o.Objects) {
 		if len(s.objs) == 0 {
 			continue
@@ -166,6 +164,7 @@ func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err e
 		}
 	}
 	inv.Complete = true
+	inv.Applied = r.applied
 	if o.DryRun || sameInventory(prev, inv) {
 		return r.changes, nil
 	}
@@ -242,6 +241,9 @@ type run struct {
 	in      *Installer
 	o       Options
 	snap    *Snapshot
+	// last holds the fingerprints of the previous install, applied those
+	// of this one.
+	last, applied map[string]string
 	changes ChangeSet
 	// In a dry run, namespaces and CRDs that the run would create: objects in
 	// them cannot be sent even as dry runs.
@@ -251,11 +253,12 @@ type run struct {
 	adopt map[string]*owned
 }
 
-// applyAll applies objs, in.Concurrency at a time, and records the changes
+// applyAll applies objs, Client.Concurrency at a time, and records the changes
 // in the order of objs. A failure does not stop the other objects of the
 // stage: the errors are joined in the same order.
 func (r *run) applyAll(ctx context.Context, objs []*unstructured.Unstructured) error {
 	changes := make([]*Change, len(objs))
+	fps := make([]string, len(objs))
 	errs := inParallel(ctx, len(objs), r.in.concurrency(), func(i int) error {
 		obj := objs[i]
 		key := object.Key(obj)
@@ -268,18 +271,18 @@ func (r *run) applyAll(ctx context.Context, objs []*unstructured.Unstructured) e
 		}
 		live, _ := r.snap.Get(r.in, obj)
 		if f := r.adopt[key]; f != nil && live != nil {
-			c, err := r.adoptOne(ctx, obj, live, f)
+			c, fp, err := r.adoptOne(ctx, obj, live, f)
 			if err != nil {
 				return err
 			}
-			changes[i] = &c
+			changes[i], fps[i] = &c, fp
 			return nil
 		}
-		a, err := r.in.apply(ctx, obj, live, r.o.DryRun, r.o.ForceConflicts)
+		a, fp, err := r.in.apply(ctx, obj, live, r.last[key], r.o.DryRun, r.o.ForceConflicts)
 		if err != nil {
 			return err
 		}
-		changes[i] = &Change{Object: key, Action: a}
+		changes[i], fps[i] = &Change{Object: key, Action: a}, fp
 		return nil
 	})
 	for i, c := range changes {
@@ -287,6 +290,9 @@ func (r *run) applyAll(ctx context.Context, objs []*unstructured.Unstructured) e
 			continue
 		}
 		r.changes = append(r.changes, *c)
+		if fps[i] != "" && !r.o.DryRun {
+			r.applied[c.Object] = fps[i]
+		}
 		if r.o.DryRun && c.Action == Created && c.Note == "" {
 			r.noteNew(objs[i])
 		}
@@ -296,7 +302,7 @@ func (r *run) applyAll(ctx context.Context, objs []*unstructured.Unstructured) e
 
 // adoptOne takes obj over from the managers of f, then applies it, which
 // removes the fields the previous release set and this one does not.
-func (r *run) adoptOne(ctx context.Context, obj, live *unstructured.Unstructured, f *owned) (Change, error) {
+func (r *run) adoptOne(ctx context.Context, obj, live *unstructured.Unstructured, f *owned) (Change, string, error) {
 	from := strings.Join(f.managers, ", ")
 	if from == "" {
 		from = "kubectl apply"
@@ -304,25 +310,25 @@ func (r *run) adoptOne(ctx context.Context, obj, live *unstructured.Unstructured
 	c := Change{Object: object.Key(obj), Action: Adopted, Note: "from " + from}
 	moved, err := r.in.adopt(ctx, live, f, r.o.DryRun)
 	if err != nil {
-		return Change{}, err
+		return Change{}, "", err
 	}
 	if r.o.DryRun {
-		return c, nil
+		return c, "", nil
 	}
 	res, body, err := r.in.request(obj)
 	if err != nil {
-		return Change{}, err
+		return Change{}, "", err
 	}
 	after, err := patch(ctx, res, obj, body, true, false)
 	if err != nil {
-		return Change{}, err
+		return Change{}, "", err
 	}
 	removed, err := staleFields(moved, after)
 	if err != nil {
-		return Change{}, fmt.Errorf("%s: %w", c.Object, err)
+		return Change{}, "", fmt.Errorf("%s: %w", c.Object, err)
 	}
 	c.Removed = removed
-	return c, nil
+	return c, fingerprint(body, after), nil
 }
 
 func (r *run) noteNew(obj *unstructured.Unstructured) {

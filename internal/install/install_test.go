@@ -70,7 +70,7 @@ func TestInstallLifecycle(t *testing.T) {
 	ctx := context.Background()
 	t.Cleanup(func() { purge(t) })
 
-	in, _ := admin(t)
+	in, counter := admin(t)
 	o := options(t, "oauth2-proxy")
 	cs, err := in.Install(ctx, o)
 	if err != nil {
@@ -78,6 +78,12 @@ func TestInstallLifecycle(t *testing.T) {
 	}
 	if n := cs.Count(Created); n != len(o.Objects)+1 { // + Namespace/kubeflow, which the tree does not define
 		t.Errorf("first install created %d objects, want %d: %v", n, len(o.Objects)+1, onlyChanges(cs))
+	}
+	// One apply per object, the inventory twice (before and after), the
+	// namespace it needs; no dry run of a creation, no GET but the inventory's.
+	c := counter.Counts()
+	if c["patch"] != len(o.Objects)+2 || c["create"] != 1 || c["patch (dry run)"] != 0 || c["get"] != 1 {
+		t.Errorf("first install: %s; want %d patches, 1 create, 1 get, no dry-run patch", counter, len(o.Objects)+2)
 	}
 	inv, err := in.ReadInventory(ctx)
 	if err != nil || !inv.Complete || inv.Overlay != "oauth2-proxy" || len(inv.Objects) != len(o.Objects) {
@@ -96,6 +102,31 @@ func TestInstallLifecycle(t *testing.T) {
 		}
 		if w := counter.Writes(); w != 0 {
 			t.Errorf("%d writes (%s), want none", w, counter)
+		}
+		// Reads: the inventory, one LIST per kind and namespace, one more
+		// per kind and namespace of what the stages wait for; nothing is
+		// dry-run, since nothing moved since the last apply.
+		c := counter.Counts()
+		if lists, max := c["list"], scopes(o.Objects, nil)+scopes(o.Objects, waitable); c["get"] != 1 || lists > max || c["patch (dry run)"] != 0 {
+			t.Errorf("re-install: %s; want 1 get, at most %d lists, no dry run", counter, max)
+		}
+	})
+
+	t.Run("a deleted object comes back, and only it is written", func(t *testing.T) {
+		if err := in.Client.Kube.CoreV1().ConfigMaps("istio-system").Delete(ctx, "values", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		in, counter := admin(t)
+		cs, err := in.Install(ctx, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := onlyChanges(cs); !slices.Equal(c, []string{"ConfigMap/istio-system/values created"}) {
+			t.Errorf("changes %v", c)
+		}
+		// The object, then the inventory with its new fingerprint.
+		if w := counter.Writes(); w != 2 {
+			t.Errorf("%d writes (%s), want 2", w, counter)
 		}
 	})
 
@@ -229,6 +260,17 @@ func TestInstallLifecycle(t *testing.T) {
 			t.Errorf("second uninstall: %v, want ErrNotInstalled", err)
 		}
 	})
+}
+
+// scopes counts the kinds and namespaces of the objects that keep.
+func scopes(objs []*unstructuredObject, keep func(*unstructuredObject) bool) int {
+	seen := map[string]bool{}
+	for _, o := range objs {
+		if keep == nil || keep(o) {
+			seen[o.GroupVersionKind().String()+"/"+o.GetNamespace()] = true
+		}
+	}
+	return len(seen)
 }
 
 func hostPath(ds *appsv1.DaemonSet, volume string) string {
@@ -434,7 +476,7 @@ func TestCRDNeverEstablished(t *testing.T) {
 	})
 	in, _ := admin(t)
 	first := crd("widgets", "Widget")
-	if _, err := in.apply(ctx, first, nil, false, false); err != nil {
+	if _, _, err := in.apply(ctx, first, nil, "", false, false); err != nil {
 		t.Fatal(err)
 	}
 	// Same kind, other plural: the API server refuses the names.

@@ -104,6 +104,9 @@ type Inventory struct {
 	// resourceVersion of the ConfigMap it was read from or written to; the
 	// next write is refused if the ConfigMap changed in between.
 	resourceVersion string
+	// Applied is, by Kind/namespace/name, the fingerprint of what the last
+	// install applied: an object that still has it needs no request.
+	Applied map[string]string `json:"applied,omitempty"`
 }
 
 // Installation is what the inventory says was installed.

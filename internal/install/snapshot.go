@@ -42,14 +42,9 @@ type identity struct {
 	name string
 }
 
-// DefaultConcurrency bounds the requests an Installer has in flight.
-const DefaultConcurrency = 8
-
+// concurrency is how many requests to keep in flight.
 func (in *Installer) concurrency() int {
-	if in.Concurrency > 0 {
-		return in.Concurrency
-	}
-	return DefaultConcurrency
+	return max(in.Client.Concurrency, 1)
 }
 
 // Snapshot lists the live objects of every kind and namespace of objs, one
