@@ -163,6 +163,31 @@ func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err e
 			return r.changes, err
 		}
 	}
+	if len(adopt) > 0 {
+		prune, keep := in.leftovers(snap, o, previous, adopt)
+		for _, l := range keep {
+			r.changes = append(r.changes, Change{Object: object.Key(l), Action: Unchanged,
+				Note: "left by the previous installation; not an Istio object, so left alone: delete it if nothing needs it"})
+		}
+		if len(prune) > 0 {
+			err := in.step(fmt.Sprintf("Pruning %d objects the previous installation left", len(prune)), func() error {
+				var errs []error
+				for _, l := range prune {
+					c, err := in.removeOne(ctx, l, Pruned, false, o.DryRun)
+					if err != nil {
+						errs = append(errs, err)
+						continue
+					}
+					c.Note = "left by the previous installation"
+					r.changes = append(r.changes, c)
+				}
+				return errors.Join(errs...)
+			})
+			if err != nil {
+				return r.changes, err
+			}
+		}
+	}
 	inv.Complete = true
 	inv.Applied = r.applied
 	if o.DryRun || sameInventory(prev, inv) {

@@ -12,6 +12,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/client-go/util/csaupgrade"
@@ -329,4 +330,73 @@ func staleFields(moved *fieldpath.Set, after *unstructured.Unstructured) ([]stri
 	})
 	sort.Strings(out)
 	return out, nil
+}
+
+// istioLabels are labels Istio's charts put on every object they render.
+var istioLabels = []string{componentLabel, "install.operator.istio.io/owning-resource", "istio.io/rev"}
+
+// istioObject reports whether o carries Istio's own labels.
+func istioObject(o *unstructured.Unstructured) bool {
+	l := o.GetLabels()
+	if l["app.kubernetes.io/part-of"] == "istio" {
+		return true
+	}
+	return slices.ContainsFunc(istioLabels, func(k string) bool { return l[k] != "" })
+}
+
+// leftovers returns the objects of the previous installation that this one
+// lacks: live objects of its kinds and namespaces that it does not have,
+// that kfistio never applied, and that the managers of the adopted objects
+// own. Those with Istio's labels are to prune; the others, only in the
+// namespaces the installation defines, are to list.
+func (in *Installer) leftovers(snap *Snapshot, o Options, previous []Ref, adopt map[string]*owned) (prune, keep []*unstructured.Unstructured) {
+	managers := map[string]bool{}
+	for _, f := range adopt {
+		for _, m := range f.managers {
+			managers[m] = true
+		}
+	}
+	ours := map[Ref]bool{}
+	defined := map[string]bool{}
+	for _, obj := range o.Objects {
+		ours[identityRef(refOf(obj))] = true
+		if obj.GetKind() == "Namespace" {
+			defined[obj.GetName()] = true
+		}
+	}
+	for _, r := range previous {
+		ours[identityRef(r)] = true
+	}
+	snap.mu.Lock()
+	defer snap.mu.Unlock()
+	for _, l := range snap.objs {
+		if ours[identityRef(refOf(l))] || l.GetKind() == "Namespace" || l.GetKind() == "CustomResourceDefinition" || l.GetDeletionTimestamp() != nil {
+			continue
+		}
+		if _, ok := kfistioEntry(l); ok {
+			continue
+		}
+		_, lastApplied := l.GetAnnotations()[LastAppliedAnnotation]
+		theirs := lastApplied
+		for _, e := range l.GetManagedFields() {
+			theirs = theirs || (e.Subresource == "" && managers[e.Manager])
+		}
+		switch {
+		case !theirs:
+		case istioObject(l):
+			prune = append(prune, l)
+		case defined[l.GetNamespace()]:
+			keep = append(keep, l)
+		}
+	}
+	object.Sort(prune)
+	object.Sort(keep)
+	return prune, keep
+}
+
+// identityRef is r without its API version, which two reads of one object
+// may name differently.
+func identityRef(r Ref) Ref {
+	r.APIVersion = schema.FromAPIVersionAndKind(r.APIVersion, r.Kind).Group
+	return r
 }
