@@ -3,6 +3,10 @@ package install
 import (
 	"context"
 	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -98,13 +102,55 @@ func (in *Installer) diffOne(ctx context.Context, snap *Snapshot, o *unstructure
 		note = err.Error()
 		after, err = patch(ctx, res, o, body, true, true)
 	}
-	switch {
-	case err != nil:
+	if err != nil {
 		return nil, err
-	case sameObject(live, after):
+	}
+	ours, err := kfistioFields(live)
+	if ours == nil && err == nil {
+		ours, err = kfistioFields(after)
+	}
+	if err != nil {
+		return nil, err
+	}
+	shared := map[string][]string{}
+	if ours != nil {
+		if shared, err = sharedFields(live, ours); err != nil {
+			return nil, err
+		}
+	}
+	if _, ok := live.GetAnnotations()[LastAppliedAnnotation]; ok {
+		shared["kubectl apply"] = append(shared["kubectl apply"], ".metadata.annotations."+LastAppliedAnnotation)
+	}
+	if len(shared) > 0 {
+		// Another installation, or another tool, owns fields kfistio
+		// applies: install stops here and --adopt takes them over.
+		return &ObjectDiff{Object: key, Action: Adopted, Note: "other field managers own fields kfistio applies: install stops here, install --adopt takes them over",
+			Diff: sharedText(key, shared) + diffYAML(key, live, after)}, nil
+	}
+	if sameObject(live, after) {
 		return nil, nil
 	}
 	return &ObjectDiff{Object: key, Action: Configured, Note: note, Diff: diffYAML(key, live, after)}, nil
+}
+
+// sharedText lists the fields of key that other managers own too, a few
+// per manager.
+func sharedText(key string, shared map[string][]string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# %s: fields kfistio applies that other field managers own\n", key)
+	for _, m := range slices.Sorted(maps.Keys(shared)) {
+		fields := shared[m]
+		fmt.Fprintf(&b, "#   %s: %d fields", m, len(fields))
+		for i, f := range fields {
+			if i == 5 {
+				fmt.Fprintf(&b, ", ...")
+				break
+			}
+			fmt.Fprintf(&b, " %s", f)
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
 }
 
 // diffYAML is the unified diff between two versions of an object (nil for

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -120,13 +121,14 @@ func kfistioEntry(o *unstructured.Unstructured) (metav1.ManagedFieldsEntry, bool
 	return metav1.ManagedFieldsEntry{}, false
 }
 
-// sharedOwners returns the field managers of live, other than kfistio, that
-// own fields of ours (the fields kfistio applies), leaf by leaf: istiod's CA
-// bundles and an autoscaler's replicas are not fields kfistio applies, so
-// their managers are not counted; subresources (status, scale) never are.
-func sharedOwners(live *unstructured.Unstructured, ours *fieldpath.Set) ([]string, error) {
+// sharedFields returns, by field manager of live other than kfistio, the
+// fields of ours (the fields kfistio applies) that it owns too, compared
+// leaf by leaf: istiod's CA bundles and an autoscaler's replicas are not
+// fields kfistio applies, so their managers are not counted; subresources
+// (status, scale) never are.
+func sharedFields(live *unstructured.Unstructured, ours *fieldpath.Set) (map[string][]string, error) {
 	leaves := ours.Leaves()
-	var out []string
+	out := map[string][]string{}
 	for _, e := range live.GetManagedFields() {
 		if e.Subresource != "" || (e.Manager == FieldManager && e.Operation == metav1.ManagedFieldsOperationApply) {
 			continue
@@ -135,12 +137,29 @@ func sharedOwners(live *unstructured.Unstructured, ours *fieldpath.Set) ([]strin
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", object.Key(live), err)
 		}
-		if !s.Leaves().Intersection(leaves).Empty() && !slices.Contains(out, e.Manager) {
-			out = append(out, e.Manager)
-		}
+		s.Leaves().Intersection(leaves).Iterate(func(p fieldpath.Path) {
+			if !slices.Contains(out[e.Manager], p.String()) {
+				out[e.Manager] = append(out[e.Manager], p.String())
+			}
+		})
 	}
-	sort.Strings(out)
+	for m := range out {
+		sort.Strings(out[m])
+	}
 	return out, nil
+}
+
+// kfistioFields are the fields kfistio owns on o (nil without an entry).
+func kfistioFields(o *unstructured.Unstructured) (*fieldpath.Set, error) {
+	e, ok := kfistioEntry(o)
+	if !ok {
+		return nil, nil
+	}
+	s, err := fieldSet(e)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", object.Key(o), err)
+	}
+	return s, nil
 }
 
 // ownership finds out whether o's live object belongs to another
@@ -173,10 +192,11 @@ func (in *Installer) ownership(ctx context.Context, o, live *unstructured.Unstru
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", key, err)
 	}
-	managers, err := sharedOwners(live, set)
+	shared, err := sharedFields(live, set)
 	if err != nil {
 		return nil, err
 	}
+	managers := slices.Sorted(maps.Keys(shared))
 	if len(managers) == 0 && !lastApplied {
 		return nil, nil
 	}
