@@ -492,14 +492,15 @@ func TestCRDNeverEstablished(t *testing.T) {
 	}
 }
 
-// A user who may only read gets the verb and resource they lack, and nothing
-// is changed.
+// A user who may only read some kinds gets the verb and resource they lack,
+// before any write.
 func TestInsufficientRBAC(t *testing.T) {
 	ctx := context.Background()
 	adm, _ := admin(t)
 	rbac := []byte(`{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRoleBinding","metadata":{"name":"reader-view"},
 "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"view"},
 "subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"User","name":"reader"}]}`)
+	t.Cleanup(func() { _ = adm.Client.Kube.RbacV1().ClusterRoleBindings().Delete(ctx, "reader-view", metav1.DeleteOptions{}) })
 	if _, err := adm.Client.Kube.RbacV1().ClusterRoleBindings().Patch(ctx, "reader-view", types.ApplyPatchType, rbac, metav1.PatchOptions{FieldManager: "test"}); err != nil {
 		t.Fatal(err)
 	}
@@ -509,11 +510,11 @@ func TestInsufficientRBAC(t *testing.T) {
 	}
 	in, counter := installer(t, kubeconfig)
 	_, err = in.Install(ctx, options(t, "oauth2-proxy"))
-	if err == nil || !strings.Contains(err.Error(), `User "reader" cannot`) || !strings.Contains(err.Error(), "configmaps") {
+	if err == nil || !strings.Contains(err.Error(), `User "reader" cannot list`) {
 		t.Fatalf("install as a reader: %v", err)
 	}
-	if counter.Writes() > 1 {
-		t.Errorf("%d write attempts after the first refusal", counter.Writes())
+	if counter.Writes() > 0 {
+		t.Errorf("%d write attempts: the install reads what is there first", counter.Writes())
 	}
 	if _, err := adm.ReadInventory(ctx); !errors.Is(err, ErrNotInstalled) {
 		t.Errorf("a refused install left an inventory: %v", err)
