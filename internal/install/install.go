@@ -348,11 +348,7 @@ func (r *run) adoptOne(ctx context.Context, obj, live *unstructured.Unstructured
 	if err != nil {
 		return Change{}, "", err
 	}
-	removed, err := staleFields(moved, after)
-	if err != nil {
-		return Change{}, "", fmt.Errorf("%s: %w", c.Object, err)
-	}
-	c.Removed = removed
+	c.Removed = staleFields(moved, after)
 	return c, fingerprint(body, after), nil
 }
 

@@ -507,7 +507,9 @@ func TestInsufficientRBAC(t *testing.T) {
 	rbac := []byte(`{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRoleBinding","metadata":{"name":"reader-view"},
 "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"view"},
 "subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"User","name":"reader"}]}`)
-	t.Cleanup(func() { _ = adm.Client.Kube.RbacV1().ClusterRoleBindings().Delete(ctx, "reader-view", metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = adm.Client.Kube.RbacV1().ClusterRoleBindings().Delete(ctx, "reader-view", metav1.DeleteOptions{})
+	})
 	if _, err := adm.Client.Kube.RbacV1().ClusterRoleBindings().Patch(ctx, "reader-view", types.ApplyPatchType, rbac, metav1.PatchOptions{FieldManager: "test"}); err != nil {
 		t.Fatal(err)
 	}

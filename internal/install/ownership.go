@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/client-go/util/csaupgrade"
 	"sigs.k8s.io/structured-merge-diff/v6/fieldpath"
+	"sigs.k8s.io/structured-merge-diff/v6/value"
 
 	"github.com/kubeflow/kfistio/internal/inject"
 	"github.com/kubeflow/kfistio/internal/object"
@@ -130,7 +131,7 @@ func sharedFields(live *unstructured.Unstructured, ours *fieldpath.Set) (map[str
 	leaves := ours.Leaves()
 	out := map[string][]string{}
 	for _, e := range live.GetManagedFields() {
-		if e.Subresource != "" || (e.Manager == FieldManager && e.Operation == metav1.ManagedFieldsOperationApply) {
+		if e.Subresource != "" || e.Manager == FieldManager {
 			continue
 		}
 		s, err := fieldSet(e)
@@ -328,17 +329,16 @@ func mergeApplyEntries(entries []metav1.ManagedFieldsEntry, managers sets.Set[st
 }
 
 // staleFields returns the fields of moved that after no longer has, each
-// named once at its top (an env entry, not its name and value).
-func staleFields(moved *fieldpath.Set, after *unstructured.Unstructured) ([]string, error) {
-	left := &fieldpath.Set{}
-	for _, e := range after.GetManagedFields() {
-		s, err := fieldSet(e)
-		if err != nil {
-			return nil, err
+// named once at its top (an env entry, not its name and value). A field
+// is judged by after's content, not its managers: a default the server
+// sets again is not stale.
+func staleFields(moved *fieldpath.Set, after *unstructured.Unstructured) []string {
+	gone := &fieldpath.Set{}
+	moved.Iterate(func(p fieldpath.Path) {
+		if !hasPath(after.Object, p) {
+			gone.Insert(p)
 		}
-		left = left.Union(s)
-	}
-	gone := moved.Difference(left)
+	})
 	var out []string
 	gone.Iterate(func(p fieldpath.Path) {
 		for i := 1; i < len(p); i++ {
@@ -349,7 +349,59 @@ func staleFields(moved *fieldpath.Set, after *unstructured.Unstructured) ([]stri
 		out = append(out, p.String())
 	})
 	sort.Strings(out)
-	return out, nil
+	return out
+}
+
+// hasPath reports whether the object v has the field at p.
+func hasPath(v any, p fieldpath.Path) bool {
+	for _, pe := range p {
+		switch {
+		case pe.FieldName != nil:
+			m, ok := v.(map[string]any)
+			if !ok {
+				return false
+			}
+			if v, ok = m[*pe.FieldName]; !ok {
+				return false
+			}
+		case pe.Index != nil:
+			l, ok := v.([]any)
+			if !ok || *pe.Index >= len(l) {
+				return false
+			}
+			v = l[*pe.Index]
+		default:
+			l, ok := v.([]any)
+			if !ok {
+				return false
+			}
+			i := slices.IndexFunc(l, func(item any) bool { return matches(pe, item) })
+			if i < 0 {
+				return false
+			}
+			v = l[i]
+		}
+	}
+	return true
+}
+
+// matches reports whether a list item is the one pe names, by its key
+// fields or, in a set, by its value.
+func matches(pe fieldpath.PathElement, item any) bool {
+	if pe.Value != nil {
+		return value.Equals(*pe.Value, value.NewValueInterface(item))
+	}
+	m, ok := item.(map[string]any)
+	if !ok || pe.Key == nil {
+		return false
+	}
+	for _, f := range *pe.Key {
+		v, ok := m[f.Name]
+		if !ok || !value.Equals(f.Value, value.NewValueInterface(v)) {
+			return false
+		}
+	}
+	return true
 }
 
 // istioLabels are labels Istio's charts put on every object they render.
