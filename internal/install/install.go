@@ -231,25 +231,31 @@ func (in *Installer) preflight(ctx context.Context, o Options, snap *Snapshot) (
 		return nil, errors.Join(errs...)
 	}
 	var helm []string
+	var existing, lives []*unstructured.Unstructured
+	for _, obj := range o.Objects {
+		l, _ := snap.Get(in, obj)
+		switch {
+		case l == nil:
+		case helmRelease(l) != "":
+			helm = append(helm, object.Key(obj)+": "+helmRelease(l))
+		default:
+			existing, lives = append(existing, obj), append(lives, l)
+		}
+	}
+	results := make([]*owned, len(existing))
+	if errs := inParallel(ctx, len(existing), in.concurrency(), func(i int) error {
+		var err error
+		results[i], err = in.ownership(ctx, existing[i], lives[i])
+		return err
+	}); len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
 	var found []*owned
 	adopt := map[string]*owned{}
-	for _, obj := range o.Objects {
-		key := object.Key(obj)
-		l, _ := snap.Get(in, obj)
-		if l == nil {
-			continue
-		}
-		if rel := helmRelease(l); rel != "" {
-			helm = append(helm, key+": "+rel)
-			continue
-		}
-		f, err := in.ownership(ctx, obj, l)
-		if err != nil {
-			return nil, err
-		}
+	for _, f := range results {
 		if f != nil {
 			found = append(found, f)
-			adopt[key] = f
+			adopt[f.key] = f
 		}
 	}
 	switch {
