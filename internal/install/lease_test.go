@@ -1,8 +1,12 @@
 package install
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +16,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kubeflow/kfistio/internal/kube"
 )
 
 // writeLease writes the Lease as a run that renewed it at renewed would
@@ -167,5 +173,60 @@ func TestInventoryPrecondition(t *testing.T) {
 	inv, err := readInventory(ctx, kc)
 	if err != nil || inv.Overlay != "oauth2-proxy" {
 		t.Errorf("inventory %+v, %v", inv, err)
+	}
+}
+
+// holdLeaseEnv makes the test binary a run that takes the lease of the
+// cluster of the kubeconfig it names, says so, and holds it until killed.
+const holdLeaseEnv = "KFISTIO_TEST_HOLD_LEASE"
+
+func holdLease(kubeconfig string) int {
+	c, err := kube.Connect(context.Background(), kube.Options{Kubeconfig: kubeconfig})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	in := &Installer{Client: c}
+	if _, err := in.hold(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println("held")
+	select {}
+}
+
+// A run killed with SIGKILL while it holds the lease: the next run fails at
+// once naming it, and runs once the lease has expired.
+func TestKilledHolder(t *testing.T) {
+	ctx := context.Background()
+	t.Cleanup(func() { purge(t) })
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), holdLeaseEnv+"="+cluster.Kubeconfig)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "held\n" {
+		_ = cmd.Process.Kill()
+		t.Fatalf("the holder says %q, %v", line, err)
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	in, _ := admin(t)
+	o := options(t, "insecure")
+	_, err = in.Install(ctx, o)
+	var he *HeldError
+	if !errors.As(err, &he) || !strings.Contains(he.Holder, fmt.Sprintf("pid-%d", cmd.Process.Pid)) {
+		t.Fatalf("install right after the holder was killed: %v", err)
+	}
+	time.Sleep(time.Until(he.ExpiresAt) + time.Second)
+	if _, err := in.Install(ctx, o); err != nil {
+		t.Fatalf("install once the killed run's lease expired: %v", err)
 	}
 }

@@ -19,6 +19,9 @@ import (
 var cluster *testcluster.Cluster
 
 func TestMain(m *testing.M) {
+	if kubeconfig := os.Getenv(holdLeaseEnv); kubeconfig != "" {
+		os.Exit(holdLease(kubeconfig))
+	}
 	os.Exit(testcluster.Main(m, []testcluster.Node{{Name: "node-a"}, {Name: "node-b"}}, func(c *testcluster.Cluster) error {
 		cluster = c
 		return c.RunIstiod()
