@@ -151,13 +151,13 @@ func (in *Installer) Install(ctx context.Context, o Options) (ChangeSet, error) 
 
 // run is the state of one Install.
 type run struct {
-	in      *Installer
-	o       Options
-	snap    *Snapshot
+	in   *Installer
+	o    Options
+	snap *Snapshot
 	// last holds the fingerprints of the previous install, applied those
 	// of this one.
 	last, applied map[string]string
-	changes ChangeSet
+	changes       ChangeSet
 	// In a dry run, namespaces and CRDs that the run would create: objects in
 	// them cannot be sent even as dry runs.
 	newNamespaces map[string]bool

@@ -13,9 +13,9 @@ type forward struct {
 	to string
 	// delay, if set, holds back every byte that long in each direction.
 	delay time.Duration
-	l  net.Listener
-	wg sync.WaitGroup
-	mu sync.Mutex
+	l     net.Listener
+	wg    sync.WaitGroup
+	mu    sync.Mutex
 	// conns are the open connections, closed with the forward.
 	conns map[net.Conn]bool
 }
