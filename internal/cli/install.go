@@ -31,8 +31,13 @@ server-side apply, in stages:
   3. the webhooks istiod serves;
   4. the gateways and Istio resources, then wait until the gateways are ready.
 
-Objects the server says would not change are not written: a second install
-with nothing changed performs no writes and reports every object unchanged.
+The cluster is read with one LIST per kind and namespace, and the objects of a
+stage are applied --concurrency at a time. Objects the server says would not
+change are not written, and an object whose fields kfistio owns are still what
+the last install applied gets no request: a second install with nothing
+changed performs no writes and reports every object unchanged. Requests that
+fail for a transient reason (429, 5xx, a reset connection) are sent again, up
+to 5 times.
 Objects an earlier install applied and this one does not have (the CNI node
 agent, when moving to the insecure overlay) are pruned. What kfistio applied is
 recorded in the ConfigMap kube-system/kfistio and labelled
