@@ -93,8 +93,10 @@ func newDiffCommand(s Streams) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "diff",
 		Short: "Show how the cluster differs from what install would apply",
-		Long: `Compare every object of the installation with the cluster, using server-side
-dry runs of the apply that install would make, and print a unified diff per
+		Long: `Compare every object of the installation with the cluster, read with one LIST
+per kind and namespace, using server-side dry runs of the apply that install
+would make (none for objects whose fields kfistio owns are still what the last
+install applied), and print a unified diff per
 object that would be created, changed or pruned. Fields that other managers own
 (istiod's webhook CA bundles, replicas set by autoscalers) are not differences.
 
