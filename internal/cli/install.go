@@ -35,8 +35,13 @@ server-side apply, in stages:
   3. the webhooks istiod serves;
   4. the gateways and Istio resources, then wait until the gateways are ready.
 
-Objects the server says would not change are not written: a second install
-with nothing changed performs no writes and reports every object unchanged.
+The cluster is read with one LIST per kind and namespace, and the objects of a
+stage are applied --concurrency at a time. Objects the server says would not
+change are not written, and an object whose fields kfistio owns are still what
+the last install applied gets no request: a second install with nothing
+changed performs no writes and reports every object unchanged. Requests that
+fail for a transient reason (429, 5xx, a reset connection) are sent again, up
+to 5 times.
 Objects an earlier install applied and this one does not have (the CNI node
 agent, when moving to the insecure overlay) are pruned. What kfistio applied is
 recorded in the ConfigMap kube-system/kfistio and labelled
@@ -105,8 +110,10 @@ func newDiffCommand(s Streams) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "diff",
 		Short: "Show how the cluster differs from what install would apply",
-		Long: `Compare every object of the installation with the cluster, using server-side
-dry runs of the apply that install would make, and print a unified diff per
+		Long: `Compare every object of the installation with the cluster, read with one LIST
+per kind and namespace, using server-side dry runs of the apply that install
+would make (none for objects whose fields kfistio owns are still what the last
+install applied), and print a unified diff per
 object that would be created, changed or pruned. Fields that other managers own
 (istiod's webhook CA bundles, replicas set by autoscalers) are not differences.
 

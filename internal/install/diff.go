@@ -27,7 +27,7 @@ type ObjectDiff struct {
 }
 
 // Diff compares the cluster with what Install would apply for objs, using
-// server-side dry runs, and returns the objects that would change, in install
+// server-side dry runs of the objects that moved since the last install, and returns the objects that would change, in install
 // order; objects the inventory has and objs lacks would be pruned.
 func (in *Installer) Diff(ctx context.Context, objs []*unstructured.Unstructured) ([]ObjectDiff, error) {
 	inv, err := readInventory(ctx, in.Client.Kube)
@@ -51,9 +51,13 @@ func inventoryStubs(inv *Inventory) []*unstructured.Unstructured {
 
 func (in *Installer) diff(ctx context.Context, snap *Snapshot, inv *Inventory, objs []*unstructured.Unstructured) ([]ObjectDiff, error) {
 	ordered := installOrder(objs)
+	var last map[string]string
+	if inv != nil {
+		last = inv.Applied
+	}
 	diffs := make([]*ObjectDiff, len(ordered))
 	errs := inParallel(ctx, len(ordered), in.concurrency(), func(i int) error {
-		d, err := in.diffOne(ctx, snap, ordered[i])
+		d, err := in.diffOne(ctx, snap, ordered[i], last[object.Key(ordered[i])])
 		diffs[i] = d
 		return err
 	})
@@ -82,7 +86,9 @@ func (in *Installer) diff(ctx context.Context, snap *Snapshot, inv *Inventory, o
 	return out, nil
 }
 
-func (in *Installer) diffOne(ctx context.Context, snap *Snapshot, o *unstructured.Unstructured) (*ObjectDiff, error) {
+// diffOne compares o with its live object: none when the object still has
+// last, the fingerprint of the last install, else with a dry run.
+func (in *Installer) diffOne(ctx context.Context, snap *Snapshot, o *unstructured.Unstructured, last string) (*ObjectDiff, error) {
 	key := object.Key(o)
 	live, _ := snap.Get(in, o)
 	if live == nil {
@@ -93,6 +99,9 @@ func (in *Installer) diffOne(ctx context.Context, snap *Snapshot, o *unstructure
 	res, body, err := in.request(o)
 	if err != nil {
 		return nil, err
+	}
+	if fp := fingerprint(body, live); fp != "" && fp == last {
+		return nil, nil
 	}
 	after, err := patch(ctx, res, o, body, false, true)
 	var note string

@@ -72,6 +72,8 @@ func Connect(ctx context.Context, o Options) (*Client, error) {
 	if o.WrapTransport != nil {
 		cfg.Wrap(o.WrapTransport)
 	}
+	// Outside WrapTransport, which sees every attempt.
+	cfg.Wrap(retrying)
 	if o.Concurrency <= 0 {
 		o.Concurrency = DefaultConcurrency
 	}
