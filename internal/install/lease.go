@@ -71,9 +71,10 @@ func acquireLease(ctx context.Context, kc kubernetes.Interface, holder string) (
 		got, err = leases.Create(ctx, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: LeaseName, Namespace: InventoryNamespace,
 			Labels: map[string]string{ManagedLabel: "true"}}, Spec: spec}, metav1.CreateOptions{FieldManager: FieldManager})
 		if apierrors.IsAlreadyExists(err) {
-			// Another run created it between our read and our write.
-			if cur, err = leases.Get(ctx, LeaseName, metav1.GetOptions{}); err == nil {
-				return nil, heldError(cur)
+			// Another run created it between our read and our write, or
+			// this one did and a retry of the request was told so.
+			if got, err = leases.Get(ctx, LeaseName, metav1.GetOptions{}); err == nil && !ownLease(got, holder) {
+				return nil, heldError(got)
 			}
 		}
 	case err != nil:
@@ -87,8 +88,8 @@ func acquireLease(ctx context.Context, kc kubernetes.Interface, holder string) (
 		}
 		got, err = leases.Update(ctx, next, metav1.UpdateOptions{FieldManager: FieldManager})
 		if apierrors.IsConflict(err) {
-			if cur, err = leases.Get(ctx, LeaseName, metav1.GetOptions{}); err == nil {
-				return nil, heldError(cur)
+			if got, err = leases.Get(ctx, LeaseName, metav1.GetOptions{}); err == nil && !ownLease(got, holder) {
+				return nil, heldError(got)
 			}
 		}
 	}
@@ -98,6 +99,11 @@ func acquireLease(ctx context.Context, kc kubernetes.Interface, holder string) (
 	l := &lease{kc: kc, holder: holder, obj: got, stop: make(chan struct{}), done: make(chan struct{})}
 	go l.renew()
 	return l, nil
+}
+
+// ownLease reports whether holder holds l.
+func ownLease(l *coordinationv1.Lease, holder string) bool {
+	return l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity == holder
 }
 
 // held reports whether l is held by a run that renewed it in time.
