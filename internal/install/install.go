@@ -99,7 +99,7 @@ func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err e
 		return nil, err
 	}
 	if !o.DryRun {
-		release, err := in.hold(ctx)
+		release, err := in.holdOver(ctx, prev)
 		if err != nil {
 			return nil, err
 		}

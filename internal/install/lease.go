@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -218,4 +219,33 @@ func (in *Installer) holding() error {
 		return nil
 	}
 	return in.lease.check()
+}
+
+// ErrInventoryMoved says the inventory changed between the run's first read
+// and the moment it took the lease: another operation ended in between.
+var ErrInventoryMoved = fmt.Errorf("the inventory ConfigMap/%s/%s changed while this run read the cluster (another kfistio operation ended meanwhile); nothing was changed: run again", InventoryNamespace, InventoryName)
+
+// holdOver takes the lease, then checks that the inventory is still the one
+// read as prev (nil: none), so that what the run read before holding the
+// lease is still what it acts on.
+func (in *Installer) holdOver(ctx context.Context, prev *Inventory) (func() error, error) {
+	release, err := in.hold(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now, err := readInventory(ctx, in.Client.Kube)
+	if err == nil && inventoryVersion(now) != inventoryVersion(prev) {
+		err = ErrInventoryMoved
+	}
+	if err != nil {
+		return nil, errors.Join(err, release())
+	}
+	return release, nil
+}
+
+func inventoryVersion(inv *Inventory) string {
+	if inv == nil {
+		return ""
+	}
+	return inv.resourceVersion
 }

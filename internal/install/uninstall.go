@@ -66,7 +66,7 @@ func (in *Installer) Uninstall(ctx context.Context, o UninstallOptions) (_ Chang
 		}
 	}
 	if !o.DryRun {
-		release, err := in.hold(ctx)
+		release, err := in.holdOver(ctx, inv)
 		if err != nil {
 			return nil, err
 		}
