@@ -68,6 +68,8 @@ func previousInstallation(t *testing.T, overlay string) (crds, rest []*unstructu
 			"rules":    []any{map[string]any{"apiGroups": []any{""}, "resources": []any{"endpoints"}, "verbs": []any{"get"}}}}},
 		&unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "ConfigMap",
 			"metadata": map[string]any{"name": "site-notes", "namespace": "istio-system"}, "data": map[string]any{"owner": "platform team"}}},
+		// Kubeflow's own namespace, where kubeflow-gateway lives.
+		&unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": "kubeflow"}}},
 	)
 	object.Sort(crds)
 	object.Sort(rest)
@@ -118,6 +120,7 @@ func applyPrevious(t *testing.T, serverSide bool) {
 		kubectl(t, "delete", "--ignore-not-found", "--wait", "-f", restFile)
 		kubectl(t, "delete", "--ignore-not-found", "--wait", "-f", crdFile)
 		waitNamespaceGone(t, "istio-system")
+		waitNamespaceGone(t, "kubeflow")
 	})
 	kubectl(t, "apply", "--server-side", "-f", crdFile)
 	kubectl(t, "wait", "--for", "condition=established", "--timeout", "60s", "-f", crdFile)
