@@ -59,13 +59,14 @@ func previousInstallation(t *testing.T, overlay string) (crds, rest []*unstructu
 		}
 		rest = append(rest, o)
 	}
-	base := map[string]any{"app": "istio-reader", "app.kubernetes.io/part-of": "istio", componentLabel: "Base", "install.operator.istio.io/owning-resource": "unknown"}
+	// The egress gateway of an older default profile.
+	egress := map[string]any{"app": "istio-egressgateway", "app.kubernetes.io/part-of": "istio", componentLabel: "EgressGateways", "install.operator.istio.io/owning-resource": "unknown"}
 	rest = append(rest,
 		&unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "ServiceAccount",
-			"metadata": map[string]any{"name": "istio-reader-service-account", "namespace": "istio-system", "labels": base}}},
-		&unstructured.Unstructured{Object: map[string]any{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-			"metadata": map[string]any{"name": "istio-reader-clusterrole-istio-system", "labels": base},
-			"rules":    []any{map[string]any{"apiGroups": []any{""}, "resources": []any{"endpoints"}, "verbs": []any{"get"}}}}},
+			"metadata": map[string]any{"name": "istio-egressgateway-service-account", "namespace": "istio-system", "labels": egress}}},
+		&unstructured.Unstructured{Object: map[string]any{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+			"metadata": map[string]any{"name": "istio-egressgateway-sds", "namespace": "istio-system", "labels": egress},
+			"rules":    []any{map[string]any{"apiGroups": []any{""}, "resources": []any{"secrets"}, "verbs": []any{"get"}}}}},
 		&unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "ConfigMap",
 			"metadata": map[string]any{"name": "site-notes", "namespace": "istio-system"}, "data": map[string]any{"owner": "platform team"}}},
 		// Kubeflow's own namespace, where kubeflow-gateway lives.
@@ -214,7 +215,7 @@ func TestAdopt(t *testing.T) {
 				t.Errorf("istiod in the change set: %+v", istiod)
 			}
 			a := actions(cs)
-			if a["ServiceAccount/istio-system/istio-reader-service-account"] != Pruned || a["ClusterRole/istio-reader-clusterrole-istio-system"] != Pruned {
+			if a["ServiceAccount/istio-system/istio-egressgateway-service-account"] != Pruned || a["Role/istio-system/istio-egressgateway-sds"] != Pruned {
 				t.Errorf("Istio's leftovers: %v", onlyChanges(cs))
 			}
 			if a["ConfigMap/istio-system/site-notes"] != Unchanged {
@@ -223,11 +224,11 @@ func TestAdopt(t *testing.T) {
 			if _, err := in.Client.Kube.CoreV1().ConfigMaps("istio-system").Get(ctx, "site-notes", metav1.GetOptions{}); err != nil {
 				t.Errorf("the user's ConfigMap: %v", err)
 			}
-			if _, err := in.Client.Kube.CoreV1().ServiceAccounts("istio-system").Get(ctx, "istio-reader-service-account", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			if _, err := in.Client.Kube.CoreV1().ServiceAccounts("istio-system").Get(ctx, "istio-egressgateway-service-account", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 				t.Errorf("the old ServiceAccount is still there: %v", err)
 			}
-			if _, err := in.Client.Kube.RbacV1().ClusterRoles().Get(ctx, "istio-reader-clusterrole-istio-system", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-				t.Errorf("the old ClusterRole is still there: %v", err)
+			if _, err := in.Client.Kube.RbacV1().Roles("istio-system").Get(ctx, "istio-egressgateway-sds", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+				t.Errorf("the old Role is still there: %v", err)
 			}
 
 			snap, err := in.Snapshot(ctx, o.Objects)
@@ -274,12 +275,14 @@ func TestAdopt(t *testing.T) {
 			if _, err := in.Uninstall(ctx, UninstallOptions{Purge: true, Confirm: true, Timeout: 2 * time.Minute}); err != nil {
 				t.Fatal(err)
 			}
-			left, err := in.managedSnapshot(ctx, o.Objects)
+			// A new connection: the purge removed the Istio kinds.
+			after, _ := admin(t)
+			left, err := after.managedSnapshot(ctx, o.Objects)
 			if err != nil {
 				t.Fatal(err)
 			}
 			for _, obj := range o.Objects {
-				if l, _ := left.Get(in, obj); l != nil && l.GetKind() != "Namespace" {
+				if l, _ := left.Get(after, obj); l != nil {
 					t.Errorf("%s still labelled %s after uninstall", object.Key(obj), ManagedLabel)
 				}
 			}

@@ -110,6 +110,9 @@ func (in *Installer) apply(ctx context.Context, o, live *unstructured.Unstructur
 		return "", "", err
 	}
 	if live == nil {
+		if err := in.beforeWrite(ctx); err != nil {
+			return "", "", err
+		}
 		after, err := patch(ctx, res, o, body, force, dryRun)
 		if err != nil {
 			return "", "", err
@@ -127,6 +130,9 @@ func (in *Installer) apply(ctx context.Context, o, live *unstructured.Unstructur
 		return Unchanged, fingerprint(body, live), nil
 	}
 	if !dryRun {
+		if err := in.beforeWrite(ctx); err != nil {
+			return "", "", err
+		}
 		if after, err = patch(ctx, res, o, body, force, false); err != nil {
 			return "", "", err
 		}

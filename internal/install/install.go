@@ -26,8 +26,8 @@ type Installer struct {
 	// Progress, if set, receives the steps of long operations as they start
 	// and end.
 	Progress func(Event)
-	// lease is held while an operation writes.
-	lease *lease
+	// writes holds the lease of the operation under way.
+	writes *writes
 }
 
 // Event is a step of an operation starting (Done false) or ending.
@@ -99,10 +99,7 @@ func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err e
 		return nil, err
 	}
 	if !o.DryRun {
-		release, err := in.holdOver(ctx, prev)
-		if err != nil {
-			return nil, err
-		}
+		release := in.begin(prev)
 		defer func() { err = errors.Join(err, release()) }()
 	}
 	var desired []Ref
@@ -115,6 +112,9 @@ func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err e
 		// run can still be pruned or uninstalled.
 		during := *inv
 		during.Objects = all
+		if err := in.beforeWrite(ctx); err != nil {
+			return nil, err
+		}
 		if err := writeInventory(ctx, in.Client.Kube, &during, rv); err != nil {
 			return nil, err
 		}
@@ -193,7 +193,7 @@ func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err e
 	if o.DryRun || sameInventory(prev, inv) {
 		return r.changes, nil
 	}
-	if err := in.holding(); err != nil {
+	if err := in.beforeWrite(ctx); err != nil {
 		return r.changes, err
 	}
 	return r.changes, writeInventory(ctx, in.Client.Kube, inv, rv)
@@ -297,9 +297,6 @@ func (r *run) applyAll(ctx context.Context, objs []*unstructured.Unstructured) e
 			changes[i] = &Change{Object: key, Action: Created, Note: "its namespace or CRD does not exist yet"}
 			return nil
 		}
-		if err := r.in.holding(); err != nil {
-			return err
-		}
 		live, _ := r.snap.Get(r.in, obj)
 		if f := r.adopt[key]; f != nil && live != nil {
 			c, fp, err := r.adoptOne(ctx, obj, live, f)
@@ -400,6 +397,9 @@ func (r *run) ensureNamespaces(ctx context.Context) error {
 		}
 		ns := ns.GetName()
 		opts := metav1.CreateOptions{FieldManager: FieldManager}
+		if err := r.in.beforeWrite(ctx); err != nil {
+			return err
+		}
 		if r.o.DryRun {
 			opts.DryRun = []string{metav1.DryRunAll}
 			r.newNamespaces[ns] = true
@@ -479,6 +479,11 @@ func (in *Installer) removeOne(ctx context.Context, o *unstructured.Unstructured
 	res, err := in.Client.Resource(o)
 	if err != nil {
 		return Change{}, err
+	}
+	if kept := o.GetKind() == "CustomResourceDefinition" && !purge; !kept {
+		if err := in.beforeWrite(ctx); err != nil {
+			return Change{}, err
+		}
 	}
 	var opts []string
 	if dryRun {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -199,49 +198,68 @@ func (l *lease) release() error {
 	return nil
 }
 
-// hold takes the lease for an operation of in; the function it returns
-// releases it.
-func (in *Installer) hold(ctx context.Context) (func() error, error) {
-	l, err := acquireLease(ctx, in.Client.Kube, newHolder())
-	if err != nil {
-		return nil, err
-	}
-	in.lease = l
-	return func() error {
-		in.lease = nil
-		return l.release()
-	}, nil
+// writes is the lease of one operation, taken just before its first write,
+// so that an operation with nothing to change writes nothing, not even the
+// lease.
+type writes struct {
+	mu sync.Mutex
+	// prev is the inventory as the operation first read it.
+	prev  *Inventory
+	lease *lease
+	err   error
 }
 
-// holding returns an error once the operation lost its lease.
-func (in *Installer) holding() error {
-	if in.lease == nil {
+// begin starts an operation that may write, over the inventory it read.
+// The function it returns releases the lease, if it was taken.
+func (in *Installer) begin(prev *Inventory) func() error {
+	w := &writes{prev: prev}
+	in.writes = w
+	return func() error {
+		in.writes = nil
+		if w.lease == nil {
+			return nil
+		}
+		return w.lease.release()
+	}
+}
+
+// beforeWrite is called before every write of an operation: the first
+// takes the lease, then checks that the inventory is still the one the
+// operation read (another operation may have ended in between); every one
+// checks that the lease is still held. Outside an operation (dry runs) it
+// does nothing.
+func (in *Installer) beforeWrite(ctx context.Context) error {
+	w := in.writes
+	if w == nil {
 		return nil
 	}
-	return in.lease.check()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil {
+		return w.err
+	}
+	if w.lease == nil {
+		l, err := acquireLease(ctx, in.Client.Kube, newHolder())
+		if err != nil {
+			w.err = err
+			return err
+		}
+		w.lease = l
+		now, err := readInventory(ctx, in.Client.Kube)
+		if err == nil && inventoryVersion(now) != inventoryVersion(w.prev) {
+			err = ErrInventoryMoved
+		}
+		if err != nil {
+			w.err = err
+			return err
+		}
+	}
+	return w.lease.check()
 }
 
-// ErrInventoryMoved says the inventory changed between the run's first read
-// and the moment it took the lease: another operation ended in between.
+// ErrInventoryMoved says the inventory changed between the operation's first
+// read and the moment it took the lease: another operation ended in between.
 var ErrInventoryMoved = fmt.Errorf("the inventory ConfigMap/%s/%s changed while this run read the cluster (another kfistio operation ended meanwhile); nothing was changed: run again", InventoryNamespace, InventoryName)
-
-// holdOver takes the lease, then checks that the inventory is still the one
-// read as prev (nil: none), so that what the run read before holding the
-// lease is still what it acts on.
-func (in *Installer) holdOver(ctx context.Context, prev *Inventory) (func() error, error) {
-	release, err := in.hold(ctx)
-	if err != nil {
-		return nil, err
-	}
-	now, err := readInventory(ctx, in.Client.Kube)
-	if err == nil && inventoryVersion(now) != inventoryVersion(prev) {
-		err = ErrInventoryMoved
-	}
-	if err != nil {
-		return nil, errors.Join(err, release())
-	}
-	return release, nil
-}
 
 func inventoryVersion(inv *Inventory) string {
 	if inv == nil {

@@ -164,6 +164,7 @@ func TestInventoryPrecondition(t *testing.T) {
 		t.Errorf("second creation: %v", err)
 	}
 	read := first.resourceVersion
+	first.Overlay = "gke"
 	if err := writeInventory(ctx, kc, first, read); err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +172,7 @@ func TestInventoryPrecondition(t *testing.T) {
 		t.Errorf("write over a version that changed: %v", err)
 	}
 	inv, err := readInventory(ctx, kc)
-	if err != nil || inv.Overlay != "oauth2-proxy" {
+	if err != nil || inv.Overlay != "gke" {
 		t.Errorf("inventory %+v, %v", inv, err)
 	}
 }
@@ -187,7 +188,8 @@ func holdLease(kubeconfig string) int {
 		return 1
 	}
 	in := &Installer{Client: c}
-	if _, err := in.hold(context.Background()); err != nil {
+	in.begin(nil)
+	if err := in.beforeWrite(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}

@@ -89,15 +89,14 @@ func (e *HelmError) Error() string {
 }
 
 // helmRelease names the Helm release that manages o, or "" when none does.
+// Helm annotates what it installs with its release; the managed-by label
+// alone says nothing, as Istio's charts render it for every installer.
 func helmRelease(o *unstructured.Unstructured) string {
 	name, ns := o.GetAnnotations()["meta.helm.sh/release-name"], o.GetAnnotations()["meta.helm.sh/release-namespace"]
-	switch {
-	case name != "":
-		return fmt.Sprintf("release %s in namespace %s", name, ns)
-	case o.GetLabels()["app.kubernetes.io/managed-by"] == "Helm":
-		return "labelled app.kubernetes.io/managed-by=Helm"
+	if name == "" {
+		return ""
 	}
-	return ""
+	return fmt.Sprintf("release %s in namespace %s", name, ns)
 }
 
 // fieldSet decodes the fields of a managedFields entry.
@@ -288,6 +287,9 @@ func (in *Installer) adopt(ctx context.Context, live *unstructured.Unstructured,
 	opts := metav1.PatchOptions{FieldManager: FieldManager}
 	if dryRun {
 		opts.DryRun = []string{metav1.DryRunAll}
+	}
+	if err := in.beforeWrite(ctx); err != nil {
+		return nil, err
 	}
 	if _, err := res.Patch(ctx, live.GetName(), types.JSONPatchType, patch, opts); err != nil {
 		return nil, fmt.Errorf("adopt %s: move the fields of %s to %s: %w", key, strings.Join(f.managers, ", "), FieldManager, err)

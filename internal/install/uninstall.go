@@ -66,10 +66,7 @@ func (in *Installer) Uninstall(ctx context.Context, o UninstallOptions) (_ Chang
 		}
 	}
 	if !o.DryRun {
-		release, err := in.holdOver(ctx, inv)
-		if err != nil {
-			return nil, err
-		}
+		release := in.begin(inv)
 		defer func() { err = errors.Join(err, release()) }()
 	}
 	var changes ChangeSet
@@ -93,7 +90,7 @@ func (in *Installer) Uninstall(ctx context.Context, o UninstallOptions) (_ Chang
 	if err := in.step("Waiting until the deleted objects are gone", func() error { return in.waitGone(ctx, gone, o.Timeout) }); err != nil {
 		return changes, err
 	}
-	if err := in.holding(); err != nil {
+	if err := in.beforeWrite(ctx); err != nil {
 		return changes, err
 	}
 	return changes, deleteInventory(ctx, in.Client.Kube, inv)
