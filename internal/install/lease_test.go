@@ -187,9 +187,7 @@ func holdLease(kubeconfig string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	in := &Installer{Client: c}
-	in.begin(nil)
-	if err := in.beforeWrite(context.Background()); err != nil {
+	if _, err := acquireLease(context.Background(), c.Kube, newHolder()); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
