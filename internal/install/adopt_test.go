@@ -186,6 +186,7 @@ func TestAdopt(t *testing.T) {
 				!strings.Contains(err.Error(), "--adopt") || !strings.Contains(err.Error(), "Istio "+previousRelease) {
 				t.Fatalf("install over a kubectl installation: %v", err)
 			}
+			t.Logf("plain install: %v", err)
 			if !slices.Contains(fe.Managers[mode.manager], istiodKey) {
 				t.Errorf("refusal does not name %s under %s: %v", istiodKey, mode.manager, fe.Managers)
 			}
