@@ -215,16 +215,20 @@ func (in *Installer) preflight(ctx context.Context, o Options, snap *Snapshot) (
 		}
 	}
 	slices.Sort(namespaces)
+	nsStubs := make([]*unstructured.Unstructured, len(namespaces))
+	for i, name := range namespaces {
+		nsStubs[i] = Ref{APIVersion: "v1", Kind: "Namespace", Name: name}.stub()
+	}
+	// One LIST of namespaces, which the snapshot has already made when the
+	// installation defines one.
+	if err := snap.Read(ctx, in, nsStubs); err != nil {
+		return nil, err
+	}
 	var errs []error
-	for _, name := range namespaces {
-		ns, err := in.Client.Kube.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
-		switch {
-		case apierrors.IsNotFound(err):
-		case err != nil:
-			return nil, fmt.Errorf("get Namespace/%s: %w", name, err)
-		case ns.DeletionTimestamp != nil:
+	for i, name := range namespaces {
+		if ns, _ := snap.Get(in, nsStubs[i]); ns != nil && ns.GetDeletionTimestamp() != nil {
 			errs = append(errs, fmt.Errorf("Namespace/%s is being deleted (since %s); nothing was changed: wait until it is gone (kubectl wait --for=delete namespace/%s), then run again",
-				name, ns.DeletionTimestamp.UTC().Format(time.RFC3339), name))
+				name, ns.GetDeletionTimestamp().UTC().Format(time.RFC3339), name))
 		}
 	}
 	if len(errs) > 0 {

@@ -84,11 +84,13 @@ func TestInstallLifecycle(t *testing.T) {
 	if n := cs.Count(Created); n != len(o.Objects)+creates {
 		t.Errorf("first install created %d objects, want %d: %v", n, len(o.Objects)+creates, onlyChanges(cs))
 	}
-	// One apply per object, the inventory twice (before and after), the
-	// namespace it needs; no dry run of a creation, no GET but the inventory's.
+	// One apply per object, the inventory created before and updated after,
+	// the namespace it needs; no dry run of a creation, no GET but the
+	// inventory's, read first and again once the lease is held.
 	c := counter.Counts()
-	if c["patch"] != len(o.Objects)+2 || c["create"] != creates || c["patch (dry run)"] != 0 || c["get"] != 1 {
-		t.Errorf("first install: %s; want %d patches, %d create, 1 get, no dry-run patch", counter, len(o.Objects)+2, creates)
+	if c["patch"] != len(o.Objects) || c["create"] != creates+1 || c["update"] != 1 || c["patch (dry run)"] != 0 || c["get"] != 2 ||
+		c["lease create"] != 1 || c["lease delete"] != 1 {
+		t.Errorf("first install: %s; want %d patches, %d create, 1 update, 2 get, no dry-run patch, the lease created and deleted", counter, len(o.Objects), creates+1)
 	}
 	inv, err := in.ReadInventory(ctx)
 	if err != nil || !inv.Complete || inv.Overlay != "oauth2-proxy" || len(inv.Objects) != len(o.Objects) {

@@ -36,7 +36,8 @@ func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { retur
 // Verb names a request as the API server's audit log would, and marks dry
 // runs: get, list, watch, create, patch, update, delete, and
 // "patch (dry run)"; reads of the API's discovery documents and OpenAPI
-// schemas are "discovery".
+// schemas are "discovery"; requests on Leases are "lease get", "lease
+// create"...
 func Verb(method string, u *url.URL) string {
 	v := strings.ToLower(method)
 	q := u.Query()
@@ -59,7 +60,17 @@ func Verb(method string, u *url.URL) string {
 	if q.Get("dryRun") == "All" {
 		v += " (dry run)"
 	}
+	if isLease(u.Path) {
+		v = "lease " + v
+	}
 	return v
+}
+
+// isLease tells the requests on Leases, with which an operation excludes
+// others while it writes: they coordinate runs and change nothing of what
+// is installed, so Writes does not count them.
+func isLease(path string) bool {
+	return strings.HasPrefix(path, "/apis/coordination.k8s.io/") && strings.Contains(path, "/leases")
 }
 
 // isDiscovery tells the documents clients read to find the API's resources
