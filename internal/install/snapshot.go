@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -108,6 +109,11 @@ func (s *Snapshot) list(ctx context.Context, in *Installer, sc scope) error {
 		}
 		return nil
 	})
+	if apierrors.IsNotFound(err) {
+		// Discovery still names a resource whose CRD is gone: nothing of
+		// it exists, and a later Read lists it again.
+		return nil
+	}
 	if err != nil {
 		where := ""
 		if sc.namespace != "" {
