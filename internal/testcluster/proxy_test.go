@@ -1,7 +1,6 @@
 package testcluster
 
 import (
-	"context"
 	"net/http"
 	"strings"
 	"sync"
@@ -30,18 +29,7 @@ func clientOf(t *testing.T, kubeconfig string) kubernetes.Interface {
 // The API server answers through the delaying proxy, and the fault proxy
 // answers each request as it is told.
 func TestProxies(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	c, err := Start(ctx, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := c.Stop(); err != nil {
-			t.Error(err)
-		}
-	}()
-
+	c, ctx := start(t)
 	delayed, err := c.DelayProxy(5 * time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
