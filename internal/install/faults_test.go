@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
@@ -39,11 +40,22 @@ func smallOptions(objs []*unstructured.Unstructured) Options {
 	return Options{Installation: build.DefaultInstallation(build.DefaultOverlay), Objects: objs, Timeout: time.Minute, Version: "test"}
 }
 
+// deleteNamespace deletes ns and waits until it is gone, so that the next
+// test can create it again.
 func deleteNamespace(t *testing.T, ns string) {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	in, _ := admin(t)
-	err := in.Client.Kube.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
-	if err != nil && !strings.Contains(err.Error(), "not found") {
+	err := in.Client.Kube.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
+	for ; err == nil; _, err = in.Client.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}) {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("Namespace/%s is still there", ns)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if !apierrors.IsNotFound(err) {
 		t.Error(err)
 	}
 }

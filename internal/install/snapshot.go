@@ -110,9 +110,9 @@ func (s *Snapshot) list(ctx context.Context, in *Installer, sc scope) error {
 		return nil
 	})
 	if apierrors.IsNotFound(err) {
-		// The kind went away (its CRD was just deleted) after discovery
-		// listed it: no object of it exists.
-		items, err = nil, nil
+		// Discovery still names a resource whose CRD is gone: nothing of
+		// it exists, and a later Read lists it again.
+		return nil
 	}
 	if err != nil {
 		where := ""

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -96,9 +97,9 @@ func (c *Cluster) FaultProxy(decide func(*http.Request) Fault) (*Proxy, error) {
 			switch decide(r) {
 			case TooManyRequests:
 				w.Header().Set("Retry-After", strconv.Itoa(1))
-				http.Error(w, `{"kind":"Status","apiVersion":"v1","status":"Failure","message":"injected: too many requests","reason":"TooManyRequests","code":429}`, http.StatusTooManyRequests)
+				failure(w, http.StatusTooManyRequests, "TooManyRequests", "injected: too many requests")
 			case Unavailable:
-				http.Error(w, `{"kind":"Status","apiVersion":"v1","status":"Failure","message":"injected: service unavailable","reason":"ServiceUnavailable","code":503}`, http.StatusServiceUnavailable)
+				failure(w, http.StatusServiceUnavailable, "ServiceUnavailable", "injected: service unavailable")
 			case Reset:
 				conn, _, err := w.(http.Hijacker).Hijack()
 				if err != nil {
@@ -133,6 +134,13 @@ func (c *Cluster) FaultProxy(decide func(*http.Request) Fault) (*Proxy, error) {
 		return nil, err
 	}
 	return &Proxy{Kubeconfig: path, close: func() { _ = srv.Close(); wg.Wait() }}, nil
+}
+
+// failure answers as the API server does, with a Status.
+func failure(w http.ResponseWriter, code int, reason, message string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_, _ = fmt.Fprintf(w, `{"kind":"Status","apiVersion":"v1","status":"Failure","message":%q,"reason":%q,"code":%d}`, message, reason, code)
 }
 
 // tlsConn finds the TCP connection under a hijacked TLS connection.
