@@ -92,8 +92,8 @@ func purge(t *testing.T) {
 	if err := in.Client.Kube.CoreV1().Namespaces().Delete(ctx, istioNamespace, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		t.Fatalf("purge: %v", err)
 	}
-	gone = append(gone, Ref{APIVersion: "v1", Kind: "Namespace", Name: istioNamespace})
 	if err := in.waitGone(ctx, gone, 2*time.Minute); err != nil {
 		t.Fatalf("purge: %v", err)
 	}
+	waitNamespaceGone(t, istioNamespace)
 }
