@@ -121,6 +121,10 @@ func (o *owners) workload(ctx context.Context, p *corev1.Pod) (string, string, e
 		return object.KeyOf(kind, p.Namespace, name),
 			fmt.Sprintf("kubectl rollout restart -n %s %s/%s", p.Namespace, strings.ToLower(kind), name), nil
 	}
+	if kind != "" {
+		// A Job, a bare ReplicaSet...: its controller makes the pod again.
+		return object.KeyOf("Pod", p.Namespace, p.Name), fmt.Sprintf("kubectl delete pod -n %s %s", p.Namespace, p.Name), nil
+	}
 	return object.KeyOf("Pod", p.Namespace, p.Name),
-		fmt.Sprintf("kubectl delete pod -n %s %s (its controller recreates it, injected again)", p.Namespace, p.Name), nil
+		fmt.Sprintf("kubectl get pod -n %s %s -o yaml | kubectl replace --force -f -", p.Namespace, p.Name), nil
 }
