@@ -3,10 +3,12 @@
 # (kube-apiserver, kube-controller-manager, kube-scheduler, etcd, kwok), built
 # from Go modules by hack/build-controlplane.sh on first use (several minutes
 # once, then cached). kubectl built there is the reference for the
-# `kubectl kustomize` comparison. Extra arguments go to `go test`.
+# `kubectl kustomize` comparison. Tests run in random order (-shuffle=on; the
+# seed is printed, and -shuffle=SEED repeats an order): each sets up and
+# removes its own state. Extra arguments go to `go test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./hack/build-controlplane.sh
 ./hack/build-istiod.sh
 export PATH="$PWD/_output/bin:$PATH" KFISTIO_REQUIRE_KUBECTL=1
-go test -timeout 30m ./... "$@"
+go test -timeout 30m -shuffle=on ./... "$@"

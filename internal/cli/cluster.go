@@ -21,11 +21,13 @@ import (
 type clusterFlags struct {
 	kubeconfig, context string
 	timeout             time.Duration
+	concurrency         int
 }
 
 func (f *clusterFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
 	cmd.Flags().StringVar(&f.context, "context", "", "kubeconfig context (default: the current context)")
+	cmd.Flags().IntVar(&f.concurrency, "concurrency", kube.DefaultConcurrency, "API requests to keep in flight")
 }
 
 // addTimeout adds --timeout, for the commands that wait.
@@ -37,7 +39,7 @@ func (f *clusterFlags) addTimeout(cmd *cobra.Command, what string) {
 func (f *clusterFlags) connect(ctx context.Context, warnings io.Writer) (*kube.Client, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	return kube.Connect(ctx, kube.Options{Kubeconfig: f.kubeconfig, Context: f.context, Warnings: warnings})
+	return kube.Connect(ctx, kube.Options{Kubeconfig: f.kubeconfig, Context: f.context, Warnings: warnings, Concurrency: f.concurrency})
 }
 
 // runE is the RunE of a command that works on a cluster: it checks the
@@ -166,6 +168,9 @@ func writeChanges(w io.Writer, cs install.ChangeSet, dryRun bool) error {
 		line := fmt.Sprintf("%s %s%s", c.Object, c.Action, suffix)
 		if c.Note != "" {
 			line += " (" + c.Note + ")"
+		}
+		for _, f := range c.Removed {
+			line += "\n  removed " + f
 		}
 		if _, err := fmt.Fprintln(w, line); err != nil {
 			return err

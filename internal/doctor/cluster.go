@@ -376,19 +376,20 @@ func (cl *clusterCheck) pods(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list pods: %w", err)
 	}
+	stale, err := (&owners{c: cl.c}).stale(ctx, pods.Items, cl.release)
+	if err != nil {
+		return err
+	}
+	for _, w := range stale {
+		for _, key := range w.Pods {
+			cl.add(OutdatedProxy, Warning, key,
+				fmt.Sprintf("its proxy runs %s but istiod runs %s: it was injected before the last upgrade", w.Proxy, cl.release),
+				fmt.Sprintf("restart %s so that it is injected with %s: %s", w.Workload, cl.release, w.Restart))
+		}
+	}
 	for i := range pods.Items {
 		p := &pods.Items[i]
 		key := object.KeyOf("Pod", p.Namespace, p.Name)
-		for _, c := range append(append([]corev1.Container{}, p.Spec.InitContainers...), p.Spec.Containers...) {
-			if c.Name != inject.ProxyContainer {
-				continue
-			}
-			if _, tag := object.SplitImage(c.Image); cl.release != "" && tag != cl.release {
-				cl.add(OutdatedProxy, Warning, key,
-					fmt.Sprintf("its proxy runs %s but istiod runs %s: it was injected before the last upgrade", tag, cl.release),
-					fmt.Sprintf("restart its workload (kubectl rollout restart) so that it is injected with %s", cl.release))
-			}
-		}
 		for _, cs := range p.Status.InitContainerStatuses {
 			if cs.Name != inject.ValidationContainer && cs.Name != inject.InitContainer {
 				continue

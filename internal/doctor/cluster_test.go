@@ -244,6 +244,16 @@ spec:
 		if !hasFinding(r, OutdatedProxy, "Pod/apps/old-proxy", "proxy runs 1.28.3 but istiod runs 1.29.1") {
 			t.Errorf("no outdated proxy: %v", ids(r))
 		}
+		// What install prints after an upgrade: the same pods, with what
+		// to run; the pod without a proxy is not among them.
+		stale, err := StaleProxies(ctx, client, "1.29.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(stale) != 1 || stale[0].Workload != "Pod/apps/old-proxy" || stale[0].Proxy != "1.28.3" ||
+			stale[0].Restart != "kubectl get pod -n apps old-proxy -o yaml | kubectl replace --force -f -" {
+			t.Errorf("stale proxies %+v", stale)
+		}
 		if !hasFinding(r, StuckInit, "Pod/apps/stuck", "stuck in istio-validation: it keeps failing") {
 			t.Errorf("no stuck pod: %v", ids(r))
 		}

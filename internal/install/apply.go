@@ -2,9 +2,12 @@ package install
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -23,8 +26,10 @@ const (
 	Created    Action = "created"
 	Configured Action = "configured"
 	Unchanged  Action = "unchanged"
-	Pruned     Action = "pruned"
-	Deleted    Action = "deleted"
+	// Adopted: kfistio took the object over from other field managers.
+	Adopted Action = "adopted"
+	Pruned  Action = "pruned"
+	Deleted Action = "deleted"
 	// Released: kfistio removed the fields it owned and left the object, a
 	// namespace that other software shares.
 	Released Action = "released"
@@ -35,6 +40,9 @@ type Change struct {
 	Object string `json:"object"`
 	Action Action `json:"action"`
 	Note   string `json:"note,omitempty"`
+	// Removed are the fields an adoption removed: the previous release set
+	// them and this one does not.
+	Removed []string `json:"removed,omitempty"`
 }
 
 // ChangeSet is what an install or uninstall did, object by object, in order.
@@ -63,55 +71,95 @@ func withLabel(o *unstructured.Unstructured) *unstructured.Unstructured {
 	return c
 }
 
-// dryRun reads o's live object (nil when it does not exist) and, when it
-// exists, what a server-side apply of o would make of it.
-func (in *Installer) dryRun(ctx context.Context, o *unstructured.Unstructured, force bool) (res dynamic.ResourceInterface, body []byte, live, after *unstructured.Unstructured, err error) {
-	key := object.Key(o)
-	if res, err = in.Client.Resource(o); err != nil {
-		return nil, nil, nil, nil, fmt.Errorf("apply %s: %w", key, err)
-	}
-	if body, err = json.Marshal(withLabel(o).Object); err != nil {
-		return nil, nil, nil, nil, err
-	}
-	live, err = res.Get(ctx, o.GetName(), metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		return res, body, nil, nil, nil
-	case err != nil:
-		return nil, nil, nil, nil, applyError(key, err)
-	}
-	after, err = res.Patch(ctx, o.GetName(), types.ApplyPatchType, body,
-		metav1.PatchOptions{FieldManager: FieldManager, Force: &force, DryRun: []string{metav1.DryRunAll}})
+// request is what a server-side apply of o sends, and where.
+func (in *Installer) request(o *unstructured.Unstructured) (dynamic.ResourceInterface, []byte, error) {
+	res, err := in.Client.Resource(o)
 	if err != nil {
-		return nil, nil, nil, nil, applyError(key, err)
+		return nil, nil, fmt.Errorf("apply %s: %w", object.Key(o), err)
 	}
-	return res, body, live, after, nil
+	body, err := json.Marshal(withLabel(o).Object)
+	if err != nil {
+		return nil, nil, fmt.Errorf("apply %s: %w", object.Key(o), err)
+	}
+	return res, body, nil
 }
 
-// apply server-side applies o, unless the server's dry run of the apply shows
-// it would change nothing, and reports what it did (or, with dryRun, would do).
-func (in *Installer) apply(ctx context.Context, o *unstructured.Unstructured, dryRun, force bool) (Action, error) {
-	res, body, live, after, err := in.dryRun(ctx, o, force)
-	if err != nil {
-		return "", err
-	}
-	if live != nil && sameObject(live, after) {
-		return Unchanged, nil
-	}
+// patch server-side applies body as o, or only as a dry run.
+func patch(ctx context.Context, res dynamic.ResourceInterface, o *unstructured.Unstructured, body []byte, force, dryRun bool) (*unstructured.Unstructured, error) {
 	opts := metav1.PatchOptions{FieldManager: FieldManager, Force: &force}
 	if dryRun {
 		opts.DryRun = []string{metav1.DryRunAll}
 	}
-	// A change already went through the server's dry run; a creation has not.
-	if live == nil || !dryRun {
-		if _, err := res.Patch(ctx, o.GetName(), types.ApplyPatchType, body, opts); err != nil {
-			return "", applyError(object.Key(o), err)
-		}
+	after, err := res.Patch(ctx, o.GetName(), types.ApplyPatchType, body, opts)
+	if err != nil {
+		return nil, applyError(object.Key(o), err)
+	}
+	return after, nil
+}
+
+// apply server-side applies o over its live object (nil when there is none)
+// and reports what it did (or, with dryRun, would do), and the fingerprint
+// of the result. A creation is sent once, with no comparison. An object
+// whose fingerprint is last, the one this apply left, needs no request: the
+// fields kfistio owns are still the ones it applied, with their values.
+// Otherwise the server's dry run of the apply says whether it would change
+// anything, and only then is it sent.
+func (in *Installer) apply(ctx context.Context, o, live *unstructured.Unstructured, last string, dryRun, force bool) (Action, string, error) {
+	res, body, err := in.request(o)
+	if err != nil {
+		return "", "", err
 	}
 	if live == nil {
-		return Created, nil
+		if err := in.beforeWrite(ctx); err != nil {
+			return "", "", err
+		}
+		after, err := patch(ctx, res, o, body, force, dryRun)
+		if err != nil {
+			return "", "", err
+		}
+		return Created, fingerprint(body, after), nil
 	}
-	return Configured, nil
+	if fp := fingerprint(body, live); fp != "" && fp == last {
+		return Unchanged, fp, nil
+	}
+	after, err := patch(ctx, res, o, body, force, true)
+	if err != nil {
+		return "", "", err
+	}
+	if sameObject(live, after) {
+		return Unchanged, fingerprint(body, live), nil
+	}
+	if !dryRun {
+		if err := in.beforeWrite(ctx); err != nil {
+			return "", "", err
+		}
+		if after, err = patch(ctx, res, o, body, force, false); err != nil {
+			return "", "", err
+		}
+	}
+	return Configured, fingerprint(body, after), nil
+}
+
+// fingerprint identifies what kfistio applied to o: the applied body and
+// kfistio's managedFields entry, whose fields shrink when another manager
+// takes one over or removes one, and whose time moves when kfistio changes a
+// value. "" when kfistio has no entry.
+func fingerprint(body []byte, o *unstructured.Unstructured) string {
+	for _, e := range o.GetManagedFields() {
+		if e.Manager != FieldManager || e.Operation != metav1.ManagedFieldsOperationApply || e.Subresource != "" || e.FieldsV1 == nil {
+			continue
+		}
+		h := sha256.New()
+		h.Write(body)
+		t := ""
+		if e.Time != nil {
+			t = e.Time.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(h, "\x00%s\x00%s\x00", e.APIVersion, t)
+		h.Write(e.FieldsV1.Raw)
+		return hex.EncodeToString(h.Sum(nil))
+	}
+	return ""
 }
 
 // sameObject compares two versions of an object, ignoring what the server

@@ -2,6 +2,11 @@ package install
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -22,27 +27,49 @@ type ObjectDiff struct {
 }
 
 // Diff compares the cluster with what Install would apply for objs, using
-// server-side dry runs, and returns the objects that would change, in install
+// server-side dry runs of the objects that moved since the last install, and returns the objects that would change, in install
 // order; objects the inventory has and objs lacks would be pruned.
 func (in *Installer) Diff(ctx context.Context, objs []*unstructured.Unstructured) ([]ObjectDiff, error) {
 	inv, err := readInventory(ctx, in.Client.Kube)
 	if err != nil {
 		return nil, err
 	}
-	return in.diff(ctx, inv, objs)
+	snap, err := in.Snapshot(ctx, append(inventoryStubs(inv), objs...))
+	if err != nil {
+		return nil, err
+	}
+	return in.diff(ctx, snap, inv, objs)
 }
 
-func (in *Installer) diff(ctx context.Context, inv *Inventory, objs []*unstructured.Unstructured) ([]ObjectDiff, error) {
+// inventoryStubs are the stubs of what inv records (none without one).
+func inventoryStubs(inv *Inventory) []*unstructured.Unstructured {
+	if inv == nil {
+		return nil
+	}
+	return stubs(inv.Objects)
+}
+
+func (in *Installer) diff(ctx context.Context, snap *Snapshot, inv *Inventory, objs []*unstructured.Unstructured) ([]ObjectDiff, error) {
+	ordered := installOrder(objs)
+	var last map[string]string
+	if inv != nil {
+		last = inv.Applied
+	}
+	diffs := make([]*ObjectDiff, len(ordered))
+	errs := inParallel(ctx, len(ordered), in.concurrency(), func(i int) error {
+		d, err := in.diffOne(ctx, snap, ordered[i], last[object.Key(ordered[i])])
+		diffs[i] = d
+		return err
+	})
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
 	var out []ObjectDiff
 	var desired []Ref
-	for _, o := range installOrder(objs) {
+	for i, o := range ordered {
 		desired = append(desired, refOf(o))
-		d, err := in.diffOne(ctx, o)
-		if err != nil {
-			return nil, err
-		}
-		if d != nil {
-			out = append(out, *d)
+		if diffs[i] != nil {
+			out = append(out, *diffs[i])
 		}
 	}
 	if inv == nil {
@@ -52,40 +79,87 @@ func (in *Installer) diff(ctx context.Context, inv *Inventory, objs []*unstructu
 		if r.Kind == "CustomResourceDefinition" {
 			continue // kept by prune
 		}
-		live, _, err := in.managed(ctx, r.stub())
-		if err != nil {
-			return nil, err
-		}
-		if live != nil {
+		if live, _ := in.managed(snap, r.stub()); live != nil {
 			out = append(out, ObjectDiff{Object: r.Key(), Action: Pruned, Diff: diffYAML(r.Key(), live, nil)})
 		}
 	}
 	return out, nil
 }
 
-func (in *Installer) diffOne(ctx context.Context, o *unstructured.Unstructured) (*ObjectDiff, error) {
+// diffOne compares o with its live object: none when the object still has
+// last, the fingerprint of the last install, else with a dry run.
+func (in *Installer) diffOne(ctx context.Context, snap *Snapshot, o *unstructured.Unstructured, last string) (*ObjectDiff, error) {
 	key := object.Key(o)
-	if _, err := in.Client.Mapping(o.GroupVersionKind()); err != nil {
-		// The kind does not exist yet: its CRD is part of the install.
+	live, _ := snap.Get(in, o)
+	if live == nil {
+		// Absent, or its kind does not exist yet: its CRD is part of the
+		// install.
 		return &ObjectDiff{Object: key, Action: Created, Diff: diffYAML(key, nil, withLabel(o))}, nil
 	}
-	_, _, live, after, err := in.dryRun(ctx, o, false)
+	res, body, err := in.request(o)
+	if err != nil {
+		return nil, err
+	}
+	if fp := fingerprint(body, live); fp != "" && fp == last {
+		return nil, nil
+	}
+	after, err := patch(ctx, res, o, body, false, true)
 	var note string
 	if apierrors.IsConflict(err) {
 		// Show what install --force-conflicts would do, and say why plain
 		// install would stop.
 		note = err.Error()
-		_, _, live, after, err = in.dryRun(ctx, o, true)
+		after, err = patch(ctx, res, o, body, true, true)
 	}
-	switch {
-	case err != nil:
+	if err != nil {
 		return nil, err
-	case live == nil:
-		return &ObjectDiff{Object: key, Action: Created, Diff: diffYAML(key, nil, withLabel(o))}, nil
-	case sameObject(live, after):
+	}
+	ours, err := kfistioFields(live)
+	if ours == nil && err == nil {
+		ours, err = kfistioFields(after)
+	}
+	if err != nil {
+		return nil, err
+	}
+	shared := map[string][]string{}
+	if ours != nil {
+		if shared, err = sharedFields(live, ours); err != nil {
+			return nil, err
+		}
+	}
+	if _, ok := live.GetAnnotations()[LastAppliedAnnotation]; ok {
+		shared["kubectl apply"] = append(shared["kubectl apply"], ".metadata.annotations."+LastAppliedAnnotation)
+	}
+	if len(shared) > 0 {
+		// Another installation, or another tool, owns fields kfistio
+		// applies: install stops here and --adopt takes them over.
+		return &ObjectDiff{Object: key, Action: Adopted, Note: "other field managers own fields kfistio applies: install stops here, install --adopt takes them over",
+			Diff: sharedText(key, shared) + diffYAML(key, live, after)}, nil
+	}
+	if sameObject(live, after) {
 		return nil, nil
 	}
 	return &ObjectDiff{Object: key, Action: Configured, Note: note, Diff: diffYAML(key, live, after)}, nil
+}
+
+// sharedText lists the fields of key that other managers own too, a few
+// per manager.
+func sharedText(key string, shared map[string][]string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# %s: fields kfistio applies that other field managers own\n", key)
+	for _, m := range slices.Sorted(maps.Keys(shared)) {
+		fields := shared[m]
+		fmt.Fprintf(&b, "#   %s: %d fields", m, len(fields))
+		for i, f := range fields {
+			if i == 5 {
+				fmt.Fprintf(&b, ", ...")
+				break
+			}
+			fmt.Fprintf(&b, " %s", f)
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
 }
 
 // diffYAML is the unified diff between two versions of an object (nil for

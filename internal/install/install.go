@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -25,6 +26,8 @@ type Installer struct {
 	// Progress, if set, receives the steps of long operations as they start
 	// and end.
 	Progress func(Event)
+	// writes holds the lease of the operation under way.
+	writes *writes
 }
 
 // Event is a step of an operation starting (Done false) or ending.
@@ -55,8 +58,13 @@ type Options struct {
 	NamespaceLabels []*unstructured.Unstructured
 	// DryRun sends only server-side dry-run requests.
 	DryRun bool
-	// ForceConflicts takes over fields that other field managers own.
+	// ForceConflicts takes over fields of kfistio's objects whose values
+	// other field managers changed.
 	ForceConflicts bool
+	// Adopt takes over objects of the installation that other field managers
+	// own (a previous installation): kfistio becomes their only manager.
+	// Without it, Install stops before any write when there are such objects.
+	Adopt bool
 	// Timeout bounds each wait for readiness.
 	Timeout time.Duration
 	// Version of kfistio, for the inventory.
@@ -70,7 +78,7 @@ const DefaultTimeout = 5 * time.Minute
 // what an earlier install applied and this one no longer has, and returns
 // what it changed. A repeated install with nothing to change writes nothing.
 // An interrupted install leaves an inventory that the next run completes.
-func (in *Installer) Install(ctx context.Context, o Options) (ChangeSet, error) {
+func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err error) {
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultTimeout
 	}
@@ -78,28 +86,51 @@ func (in *Installer) Install(ctx context.Context, o Options) (ChangeSet, error) 
 	if err != nil {
 		return nil, err
 	}
+	var previous []Ref
+	var last map[string]string
+	rv := ""
+	if prev != nil {
+		previous, last, rv = prev.Objects, prev.Applied, prev.resourceVersion
+	}
+	// Read what is there, and refuse before any write.
+	snap, err := in.Snapshot(ctx, append(stubs(previous), o.Objects...))
+	if err != nil {
+		return nil, err
+	}
+	adopt, err := in.preflight(ctx, o, snap)
+	if err != nil {
+		return nil, err
+	}
+	if !o.DryRun {
+		release := in.begin(prev)
+		defer func() { err = errors.Join(err, release()) }()
+	}
 	var desired []Ref
 	for _, obj := range o.Objects {
 		desired = append(desired, refOf(obj))
 	}
 	inv := newInventory(o.Installation, o.Version, desired)
-	var previous []Ref
-	if prev != nil {
-		previous = prev.Objects
-	}
 	if all := union(previous, desired); !o.DryRun && (prev == nil || len(all) > len(previous)) {
 		// Record first what this install may create, so that an interrupted
 		// run can still be pruned or uninstalled.
 		during := *inv
 		during.Objects = all
-		if err := writeInventory(ctx, in.Client.Kube, &during); err != nil {
+		if err := in.beforeWrite(ctx); err != nil {
 			return nil, err
 		}
+		if err := writeInventory(ctx, in.Client.Kube, &during, rv); err != nil {
+			return nil, err
+		}
+		rv = during.resourceVersion
 	}
-	r := &run{in: in, o: o, newNamespaces: map[string]bool{}, newKinds: map[schema.GroupKind]bool{}}
+	r := &run{in: in, o: o, snap: snap, adopt: adopt, last: last, applied: map[string]string{}, newNamespaces: map[string]bool{}, newKinds: map[schema.GroupKind]bool{}}
 	for _, s := range stages(o.Objects) {
 		if len(s.objs) == 0 {
 			continue
+		}
+		// Kinds whose CRDs the first stage created are listed now.
+		if err := snap.Read(ctx, in, s.objs); err != nil {
+			return r.changes, err
 		}
 		if s.name == stageControlPlane {
 			if err := r.ensureNamespaces(ctx); err != nil {
@@ -130,7 +161,7 @@ func (in *Installer) Install(ctx context.Context, o Options) (ChangeSet, error) 
 	}
 	if gone := stale(previous, desired); len(gone) > 0 {
 		err := in.step(fmt.Sprintf("Pruning %d objects the installation no longer has", len(gone)), func() error {
-			changes, err := in.remove(ctx, gone, Pruned, false, o.DryRun)
+			changes, err := in.remove(ctx, snap, gone, Pruned, false, o.DryRun)
 			r.changes = append(r.changes, changes...)
 			return err
 		})
@@ -138,40 +169,200 @@ func (in *Installer) Install(ctx context.Context, o Options) (ChangeSet, error) 
 			return r.changes, err
 		}
 	}
+	if len(adopt) > 0 {
+		prune, keep := in.leftovers(snap, o, previous, adopt)
+		for _, l := range keep {
+			r.changes = append(r.changes, Change{Object: object.Key(l), Action: Unchanged,
+				Note: "left by the previous installation; not an Istio object, so left alone: delete it if nothing needs it"})
+		}
+		if len(prune) > 0 {
+			err := in.step(fmt.Sprintf("Pruning %d objects the previous installation left", len(prune)), func() error {
+				var errs []error
+				for _, l := range prune {
+					c, err := in.removeOne(ctx, l, Pruned, false, o.DryRun)
+					if err != nil {
+						errs = append(errs, err)
+						continue
+					}
+					c.Note = "left by the previous installation"
+					r.changes = append(r.changes, c)
+				}
+				return errors.Join(errs...)
+			})
+			if err != nil {
+				return r.changes, err
+			}
+		}
+	}
 	inv.Complete = true
+	inv.Applied = r.applied
 	if o.DryRun || sameInventory(prev, inv) {
 		return r.changes, nil
 	}
-	return r.changes, writeInventory(ctx, in.Client.Kube, inv)
+	if err := in.beforeWrite(ctx); err != nil {
+		return r.changes, err
+	}
+	return r.changes, writeInventory(ctx, in.Client.Kube, inv, rv)
+}
+
+// preflight refuses, before any write, an install into namespaces that are
+// being deleted, over objects of a Helm release, and over another
+// installation (objects of the installation that other field managers own)
+// unless Adopt is set. It returns the objects to adopt.
+func (in *Installer) preflight(ctx context.Context, o Options, snap *Snapshot) (map[string]*owned, error) {
+	var namespaces []string
+	for _, obj := range o.Objects {
+		ns := obj.GetNamespace()
+		if obj.GetKind() == "Namespace" {
+			ns = obj.GetName()
+		}
+		if ns != "" && !slices.Contains(namespaces, ns) {
+			namespaces = append(namespaces, ns)
+		}
+	}
+	slices.Sort(namespaces)
+	nsStubs := make([]*unstructured.Unstructured, len(namespaces))
+	for i, name := range namespaces {
+		nsStubs[i] = Ref{APIVersion: "v1", Kind: "Namespace", Name: name}.stub()
+	}
+	// One LIST of namespaces, which the snapshot has already made when the
+	// installation defines one.
+	if err := snap.Read(ctx, in, nsStubs); err != nil {
+		return nil, err
+	}
+	var errs []error
+	for i, name := range namespaces {
+		if ns, _ := snap.Get(in, nsStubs[i]); ns != nil && ns.GetDeletionTimestamp() != nil {
+			errs = append(errs, fmt.Errorf("Namespace/%s is being deleted (since %s); nothing was changed: wait until it is gone (kubectl wait --for=delete namespace/%s), then run again",
+				name, ns.GetDeletionTimestamp().UTC().Format(time.RFC3339), name))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	var helm []string
+	var existing, lives []*unstructured.Unstructured
+	for _, obj := range o.Objects {
+		l, _ := snap.Get(in, obj)
+		switch {
+		case l == nil:
+		case helmRelease(l) != "":
+			helm = append(helm, object.Key(obj)+": "+helmRelease(l))
+		default:
+			existing, lives = append(existing, obj), append(lives, l)
+		}
+	}
+	results := make([]*owned, len(existing))
+	if errs := inParallel(ctx, len(existing), in.concurrency(), func(i int) error {
+		var err error
+		results[i], err = in.ownership(ctx, existing[i], lives[i])
+		return err
+	}); len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	var found []*owned
+	adopt := map[string]*owned{}
+	for _, f := range results {
+		if f != nil {
+			found = append(found, f)
+			adopt[f.key] = f
+		}
+	}
+	switch {
+	case len(helm) > 0:
+		return nil, &HelmError{Objects: helm}
+	case len(found) > 0 && !o.Adopt:
+		return nil, in.foreignError(ctx, found)
+	}
+	return adopt, nil
 }
 
 // run is the state of one Install.
 type run struct {
-	in      *Installer
-	o       Options
-	changes ChangeSet
+	in   *Installer
+	o    Options
+	snap *Snapshot
+	// last holds the fingerprints of the previous install, applied those
+	// of this one.
+	last, applied map[string]string
+	changes       ChangeSet
 	// In a dry run, namespaces and CRDs that the run would create: objects in
 	// them cannot be sent even as dry runs.
 	newNamespaces map[string]bool
 	newKinds      map[schema.GroupKind]bool
+	// adopt are the objects of another installation to take over.
+	adopt map[string]*owned
 }
 
+// applyAll applies objs, Client.Concurrency at a time, and records the changes
+// in the order of objs. A failure does not stop the other objects of the
+// stage: the errors are joined in the same order.
 func (r *run) applyAll(ctx context.Context, objs []*unstructured.Unstructured) error {
-	for _, obj := range objs {
+	changes := make([]*Change, len(objs))
+	fps := make([]string, len(objs))
+	errs := inParallel(ctx, len(objs), r.in.concurrency(), func(i int) error {
+		obj := objs[i]
+		key := object.Key(obj)
 		if r.o.DryRun && (r.newNamespaces[obj.GetNamespace()] || r.newKinds[obj.GroupVersionKind().GroupKind()]) {
-			r.changes = append(r.changes, Change{Object: object.Key(obj), Action: Created, Note: "its namespace or CRD does not exist yet"})
-			continue
+			changes[i] = &Change{Object: key, Action: Created, Note: "its namespace or CRD does not exist yet"}
+			return nil
 		}
-		a, err := r.in.apply(ctx, obj, r.o.DryRun, r.o.ForceConflicts)
+		live, _ := r.snap.Get(r.in, obj)
+		if f := r.adopt[key]; f != nil && live != nil {
+			c, fp, err := r.adoptOne(ctx, obj, live, f)
+			if err != nil {
+				return err
+			}
+			changes[i], fps[i] = &c, fp
+			return nil
+		}
+		a, fp, err := r.in.apply(ctx, obj, live, r.last[key], r.o.DryRun, r.o.ForceConflicts)
 		if err != nil {
 			return err
 		}
-		r.changes = append(r.changes, Change{Object: object.Key(obj), Action: a})
-		if r.o.DryRun && a == Created {
-			r.noteNew(obj)
+		changes[i], fps[i] = &Change{Object: key, Action: a}, fp
+		return nil
+	})
+	for i, c := range changes {
+		if c == nil {
+			continue
+		}
+		r.changes = append(r.changes, *c)
+		if fps[i] != "" && !r.o.DryRun {
+			r.applied[c.Object] = fps[i]
+		}
+		if r.o.DryRun && c.Action == Created && c.Note == "" {
+			r.noteNew(objs[i])
 		}
 	}
-	return nil
+	return errors.Join(errs...)
+}
+
+// adoptOne takes obj over from the managers of f, then applies it, which
+// removes the fields the previous release set and this one does not.
+func (r *run) adoptOne(ctx context.Context, obj, live *unstructured.Unstructured, f *owned) (Change, string, error) {
+	from := strings.Join(f.managers, ", ")
+	if from == "" {
+		from = "kubectl apply"
+	}
+	c := Change{Object: object.Key(obj), Action: Adopted, Note: "from " + from}
+	moved, err := r.in.adopt(ctx, live, f, r.o.DryRun)
+	if err != nil {
+		return Change{}, "", err
+	}
+	if r.o.DryRun {
+		return c, "", nil
+	}
+	res, body, err := r.in.request(obj)
+	if err != nil {
+		return Change{}, "", err
+	}
+	after, err := patch(ctx, res, obj, body, true, false)
+	if err != nil {
+		return Change{}, "", err
+	}
+	c.Removed = staleFields(moved, after)
+	return c, fingerprint(body, after), nil
 }
 
 func (r *run) noteNew(obj *unstructured.Unstructured) {
@@ -203,20 +394,27 @@ func (r *run) ensureNamespaces(ctx context.Context) error {
 		}
 	}
 	slices.Sort(needed)
+	var nss []*unstructured.Unstructured
 	for _, ns := range needed {
-		_, err := r.in.Client.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
-		if err == nil {
+		nss = append(nss, Ref{APIVersion: "v1", Kind: "Namespace", Name: ns}.stub())
+	}
+	if err := r.snap.Read(ctx, r.in, nss); err != nil {
+		return err
+	}
+	for _, ns := range nss {
+		if live, _ := r.snap.Get(r.in, ns); live != nil {
 			continue
 		}
-		if !apierrors.IsNotFound(err) {
-			return fmt.Errorf("get Namespace/%s: %w", ns, err)
-		}
+		ns := ns.GetName()
 		opts := metav1.CreateOptions{FieldManager: FieldManager}
+		if err := r.in.beforeWrite(ctx); err != nil {
+			return err
+		}
 		if r.o.DryRun {
 			opts.DryRun = []string{metav1.DryRunAll}
 			r.newNamespaces[ns] = true
 		}
-		_, err = r.in.Client.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, opts)
+		_, err := r.in.Client.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, opts)
 		if err != nil && !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("create Namespace/%s: %w", ns, err)
 		}
@@ -231,21 +429,17 @@ func (r *run) ensureNamespaces(ctx context.Context) error {
 // go first: once the roles they aggregate change, the API server's
 // aggregation controller applies their rules, and an apply recreates a
 // ClusterRole that was just deleted.
-func (in *Installer) remove(ctx context.Context, refs []Ref, action Action, purge, dryRun bool) (ChangeSet, error) {
-	var stubs []*unstructured.Unstructured
-	for _, r := range refs {
-		stubs = append(stubs, r.stub())
-	}
-	ordered := installOrder(stubs)
+func (in *Installer) remove(ctx context.Context, snap *Snapshot, refs []Ref, action Action, purge, dryRun bool) (ChangeSet, error) {
+	ordered := installOrder(stubs(refs))
 	slices.Reverse(ordered)
+	if err := snap.Read(ctx, in, ordered); err != nil {
+		return nil, err
+	}
 	var live []*unstructured.Unstructured
 	var changes ChangeSet
-	var errs []error
 	for _, stub := range ordered {
-		o, c, err := in.managed(ctx, stub)
+		o, c := in.managed(snap, stub)
 		switch {
-		case err != nil:
-			errs = append(errs, err)
 		case c != nil:
 			changes = append(changes, *c)
 		case o != nil:
@@ -263,6 +457,7 @@ func (in *Installer) remove(ctx context.Context, refs []Ref, action Action, purg
 		}
 		return 0
 	})
+	var errs []error
 	for _, o := range live {
 		c, err := in.removeOne(ctx, o, action, purge, dryRun)
 		if err != nil {
@@ -275,25 +470,17 @@ func (in *Installer) remove(ctx context.Context, refs []Ref, action Action, purg
 }
 
 // managed returns the live object of stub if kfistio still manages it; a
-// change when it is there but no longer kfistio's; nothing when it is gone.
-func (in *Installer) managed(ctx context.Context, stub *unstructured.Unstructured) (*unstructured.Unstructured, *Change, error) {
-	key := object.Key(stub)
-	res, err := in.Client.Resource(stub)
-	if err != nil {
-		// The kind is gone (its CRD was deleted): so is the object.
-		return nil, nil, nil
-	}
-	live, err := res.Get(ctx, stub.GetName(), metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return nil, nil, nil
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("get %s: %w", key, err)
+// change when it is there but no longer kfistio's; nothing when it is gone
+// (or its kind is: its CRD was deleted).
+func (in *Installer) managed(snap *Snapshot, stub *unstructured.Unstructured) (*unstructured.Unstructured, *Change) {
+	live, _ := snap.Get(in, stub)
+	if live == nil {
+		return nil, nil
 	}
 	if live.GetLabels()[ManagedLabel] != "true" {
-		return nil, &Change{Object: key, Action: Unchanged, Note: "left alone: it no longer carries " + ManagedLabel}, nil
+		return nil, &Change{Object: object.Key(stub), Action: Unchanged, Note: "left alone: it no longer carries " + ManagedLabel}
 	}
-	return live, nil, nil
+	return live, nil
 }
 
 // removeOne deletes, releases or keeps the live object o.
@@ -302,6 +489,11 @@ func (in *Installer) removeOne(ctx context.Context, o *unstructured.Unstructured
 	res, err := in.Client.Resource(o)
 	if err != nil {
 		return Change{}, err
+	}
+	if kept := o.GetKind() == "CustomResourceDefinition" && !purge; !kept {
+		if err := in.beforeWrite(ctx); err != nil {
+			return Change{}, err
+		}
 	}
 	var opts []string
 	if dryRun {

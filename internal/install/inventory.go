@@ -12,7 +12,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kubeflow/kfistio/internal/build"
@@ -78,6 +77,15 @@ func (r Ref) stub() *unstructured.Unstructured {
 	return u
 }
 
+// stubs are the stubs of refs.
+func stubs(refs []Ref) []*unstructured.Unstructured {
+	out := make([]*unstructured.Unstructured, 0, len(refs))
+	for _, r := range refs {
+		out = append(out, r.stub())
+	}
+	return out
+}
+
 // Inventory is what the inventory ConfigMap records.
 type Inventory struct {
 	// Overlay and the optional parts of the installation.
@@ -93,6 +101,12 @@ type Inventory struct {
 	// Complete is false while an install is under way (or was interrupted).
 	Complete bool  `json:"complete"`
 	Objects  []Ref `json:"objects"`
+	// resourceVersion of the ConfigMap it was read from or written to; the
+	// next write is refused if the ConfigMap changed in between.
+	resourceVersion string
+	// Applied is, by Kind/namespace/name, the fingerprint of what the last
+	// install applied: an object that still has it needs no request.
+	Applied map[string]string `json:"applied,omitempty"`
 }
 
 // Installation is what the inventory says was installed.
@@ -116,7 +130,7 @@ func readInventory(ctx context.Context, kc kubernetes.Interface) (*Inventory, er
 	if err != nil {
 		return nil, fmt.Errorf("read the inventory ConfigMap/%s/%s: %w", InventoryNamespace, InventoryName, err)
 	}
-	inv := &Inventory{}
+	inv := &Inventory{resourceVersion: cm.ResourceVersion}
 	if err := json.Unmarshal([]byte(cm.Data["inventory"]), inv); err != nil {
 		return nil, fmt.Errorf("ConfigMap/%s/%s is not a kfistio inventory: %w", InventoryNamespace, InventoryName, err)
 	}
@@ -140,32 +154,40 @@ func sortedInventory(inv *Inventory) *Inventory {
 	return &c
 }
 
-// writeInventory saves inv with server-side apply.
-func writeInventory(ctx context.Context, kc kubernetes.Interface, inv *Inventory) error {
+// writeInventory saves inv, with the resourceVersion of the inventory it
+// replaces as a precondition (creating it when there was none), and records
+// the new resourceVersion in inv.
+func writeInventory(ctx context.Context, kc kubernetes.Interface, inv *Inventory, rv string) error {
 	b, err := json.MarshalIndent(sortedInventory(inv), "", "  ")
 	if err != nil {
 		return err
 	}
 	cm := &corev1.ConfigMap{
-		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
-		ObjectMeta: metav1.ObjectMeta{Name: InventoryName, Namespace: InventoryNamespace,
+		ObjectMeta: metav1.ObjectMeta{Name: InventoryName, Namespace: InventoryNamespace, ResourceVersion: rv,
 			Labels: map[string]string{ManagedLabel: "true"}},
 		Data: map[string]string{"inventory": string(b)},
 	}
-	body, err := json.Marshal(cm)
-	if err != nil {
-		return err
+	cms := kc.CoreV1().ConfigMaps(InventoryNamespace)
+	var got *corev1.ConfigMap
+	if rv == "" {
+		got, err = cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: FieldManager})
+	} else {
+		got, err = cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: FieldManager})
 	}
-	opts := metav1.PatchOptions{FieldManager: FieldManager, Force: ptr(true)}
-	_, err = kc.CoreV1().ConfigMaps(InventoryNamespace).Patch(ctx, InventoryName, types.ApplyPatchType, body, opts)
-	if err != nil {
+	switch {
+	case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err):
+		return fmt.Errorf("write the inventory ConfigMap/%s/%s: it changed since this run read it (another kfistio operation, or an edit): %w; run again", InventoryNamespace, InventoryName, err)
+	case err != nil:
 		return fmt.Errorf("write the inventory ConfigMap/%s/%s: %w", InventoryNamespace, InventoryName, err)
 	}
+	inv.resourceVersion = got.ResourceVersion
 	return nil
 }
 
-func deleteInventory(ctx context.Context, kc kubernetes.Interface) error {
-	err := kc.CoreV1().ConfigMaps(InventoryNamespace).Delete(ctx, InventoryName, metav1.DeleteOptions{})
+// deleteInventory deletes inv's ConfigMap if it has not changed since it
+// was read.
+func deleteInventory(ctx context.Context, kc kubernetes.Interface, inv *Inventory) error {
+	err := kc.CoreV1().ConfigMaps(InventoryNamespace).Delete(ctx, InventoryName, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &inv.resourceVersion}})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete the inventory ConfigMap/%s/%s: %w", InventoryNamespace, InventoryName, err)
 	}

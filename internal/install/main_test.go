@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/kubeflow/kfistio/internal/build"
@@ -19,6 +21,9 @@ import (
 var cluster *testcluster.Cluster
 
 func TestMain(m *testing.M) {
+	if kubeconfig := os.Getenv(holdLeaseEnv); kubeconfig != "" {
+		os.Exit(holdLease(kubeconfig))
+	}
 	os.Exit(testcluster.Main(m, []testcluster.Node{{Name: "node-a"}, {Name: "node-b"}}, func(c *testcluster.Cluster) error {
 		cluster = c
 		return c.RunIstiod()
@@ -69,12 +74,34 @@ func options(t *testing.T, overlay string) Options {
 	return Options{Installation: in, Objects: objs, NamespaceLabels: labels, Timeout: 2 * time.Minute, Version: "test"}
 }
 
-// purge removes everything an install left, so the next test starts clean.
+// purge removes everything an install left, so the next test starts clean:
+// with the inventory, what an uninstall --purge removes; without it (a test
+// ended with a plain uninstall), the CRDs it kept and istio-system.
 func purge(t *testing.T) {
 	t.Helper()
+	ctx := context.Background()
 	in, _ := admin(t)
-	_, err := in.Uninstall(context.Background(), UninstallOptions{Purge: true, Confirm: true, Timeout: 2 * time.Minute})
+	_, err := in.Uninstall(ctx, UninstallOptions{Purge: true, Confirm: true, Timeout: 2 * time.Minute})
 	if err != nil && err != ErrNotInstalled {
 		t.Fatalf("purge: %v", err)
 	}
+	crds := in.Client.Dynamic.Resource(crdResource)
+	kept, err := crds.List(ctx, metav1.ListOptions{LabelSelector: ManagedLabel + "=true"})
+	if err != nil {
+		t.Fatalf("purge: %v", err)
+	}
+	var gone []Ref
+	for _, c := range kept.Items {
+		if err := crds.Delete(ctx, c.GetName(), metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			t.Fatalf("purge: %v", err)
+		}
+		gone = append(gone, refOf(&c))
+	}
+	if err := in.Client.Kube.CoreV1().Namespaces().Delete(ctx, istioNamespace, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatalf("purge: %v", err)
+	}
+	if err := in.waitGone(ctx, gone, 2*time.Minute); err != nil {
+		t.Fatalf("purge: %v", err)
+	}
+	waitNamespaceGone(t, istioNamespace)
 }

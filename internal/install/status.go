@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 
@@ -51,36 +49,34 @@ func (s *Status) Ready() bool {
 // installed overlay) and how the cluster drifted from it.
 func (in *Installer) Status(ctx context.Context, inv *Inventory, objs []*unstructured.Unstructured) (*Status, error) {
 	s := &Status{Inventory: inv}
+	snap, err := in.Snapshot(ctx, append(inventoryStubs(inv), objs...))
+	if err != nil {
+		return nil, err
+	}
 	for _, o := range installOrder(objs) {
 		if !waitable(o) || o.GetKind() == "CustomResourceDefinition" {
 			continue
 		}
 		c := Component{Object: object.Key(o)}
-		res, err := in.Client.Resource(o)
-		if err != nil {
-			return nil, err
-		}
-		live, err := res.Get(ctx, o.GetName(), metav1.GetOptions{})
-		switch {
-		case apierrors.IsNotFound(err):
+		live, _ := snap.Get(in, o)
+		if live == nil {
 			c.Status, c.Message = string(status.NotFoundStatus), "not found"
-		case err != nil:
-			return nil, fmt.Errorf("get %s: %w", c.Object, err)
-		default:
-			st, err := readiness(live)
-			if err != nil {
-				return nil, err
-			}
-			c.Status, c.Message = string(st.Status), st.Message
-			if st.Status != status.CurrentStatus {
-				if why := in.explain(ctx, live); why != "" {
-					c.Message += "; " + why
-				}
+			s.Components = append(s.Components, c)
+			continue
+		}
+		st, err := readiness(live)
+		if err != nil {
+			return nil, fmt.Errorf("status of %s: %w", c.Object, err)
+		}
+		c.Status, c.Message = string(st.Status), st.Message
+		if st.Status != status.CurrentStatus {
+			if why := in.explain(ctx, live); why != "" {
+				c.Message += "; " + why
 			}
 		}
 		s.Components = append(s.Components, c)
 	}
-	drift, err := in.diff(ctx, inv, objs)
+	drift, err := in.diff(ctx, snap, inv, objs)
 	if err != nil {
 		return nil, err
 	}

@@ -41,7 +41,7 @@ func (e *PurgeError) Error() string {
 
 // Uninstall removes what the inventory records, in reverse install order,
 // waits until it is gone, and deletes the inventory.
-func (in *Installer) Uninstall(ctx context.Context, o UninstallOptions) (ChangeSet, error) {
+func (in *Installer) Uninstall(ctx context.Context, o UninstallOptions) (_ ChangeSet, err error) {
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultTimeout
 	}
@@ -52,8 +52,12 @@ func (in *Installer) Uninstall(ctx context.Context, o UninstallOptions) (ChangeS
 	if inv == nil {
 		return nil, ErrNotInstalled
 	}
+	snap, err := in.Snapshot(ctx, stubs(inv.Objects))
+	if err != nil {
+		return nil, err
+	}
 	if o.Purge {
-		crs, err := in.customResources(ctx, inv.Objects)
+		crs, err := in.customResources(ctx, snap, inv.Objects)
 		if err != nil {
 			return nil, err
 		}
@@ -61,9 +65,13 @@ func (in *Installer) Uninstall(ctx context.Context, o UninstallOptions) (ChangeS
 			return nil, &PurgeError{Resources: crs}
 		}
 	}
+	if !o.DryRun {
+		release := in.begin(inv)
+		defer func() { err = errors.Join(err, release()) }()
+	}
 	var changes ChangeSet
 	err = in.step(fmt.Sprintf("Removing %d objects", len(inv.Objects)), func() error {
-		changes, err = in.remove(ctx, inv.Objects, Deleted, o.Purge, o.DryRun)
+		changes, err = in.remove(ctx, snap, inv.Objects, Deleted, o.Purge, o.DryRun)
 		return err
 	})
 	if err == nil {
@@ -87,12 +95,15 @@ func (in *Installer) Uninstall(ctx context.Context, o UninstallOptions) (ChangeS
 	if err := in.step("Waiting until the deleted objects are gone", func() error { return in.waitGone(ctx, gone, o.Timeout) }); err != nil {
 		return changes, err
 	}
-	return changes, deleteInventory(ctx, in.Client.Kube)
+	if err := in.beforeWrite(ctx); err != nil {
+		return changes, err
+	}
+	return changes, deleteInventory(ctx, in.Client.Kube, inv)
 }
 
 // customResources lists the objects of every kind the inventory's CRDs
 // define, in every namespace, that kfistio did not apply itself.
-func (in *Installer) customResources(ctx context.Context, refs []Ref) ([]string, error) {
+func (in *Installer) customResources(ctx context.Context, snap *Snapshot, refs []Ref) ([]string, error) {
 	ours := map[string]bool{}
 	for _, r := range refs {
 		ours[r.Key()] = true
@@ -102,16 +113,9 @@ func (in *Installer) customResources(ctx context.Context, refs []Ref) ([]string,
 		if r.Kind != "CustomResourceDefinition" {
 			continue
 		}
-		res, err := in.Client.Resource(r.stub())
-		if err != nil {
-			return nil, err
-		}
-		crd, err := res.Get(ctx, r.Name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
+		crd, _ := snap.Get(in, r.stub())
+		if crd == nil {
 			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("get %s: %w", r.Key(), err)
 		}
 		group, _, _ := unstructured.NestedString(crd.Object, "spec", "group")
 		kind, _, _ := unstructured.NestedString(crd.Object, "spec", "names", "kind")
@@ -149,23 +153,20 @@ func (in *Installer) customResources(ctx context.Context, refs []Ref) ([]string,
 	return out, nil
 }
 
-// waitGone waits until refs no longer exist.
+// waitGone waits until refs no longer exist, listing them by kind and
+// namespace.
 func (in *Installer) waitGone(ctx context.Context, refs []Ref, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
+	objs := stubs(refs)
 	for {
+		snap, err := in.managedSnapshot(ctx, objs)
+		if err != nil {
+			return err
+		}
 		var left []string
-		for _, r := range refs {
-			res, err := in.Client.Resource(r.stub())
-			if err != nil {
-				continue
-			}
-			_, err = res.Get(ctx, r.Name, metav1.GetOptions{})
-			switch {
-			case apierrors.IsNotFound(err):
-			case err != nil:
-				return fmt.Errorf("get %s: %w", r.Key(), err)
-			default:
-				left = append(left, r.Key())
+		for _, o := range objs {
+			if live, _ := snap.Get(in, o); live != nil {
+				left = append(left, object.Key(o))
 			}
 		}
 		if len(left) == 0 {

@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
+	"github.com/kubeflow/kfistio/internal/kube"
 	"github.com/kubeflow/kfistio/internal/object"
 )
 
@@ -52,7 +53,8 @@ func (in *Installer) waitValidation(ctx context.Context, what string, timeout ti
 	}}
 	deadline := time.Now().Add(timeout)
 	for {
-		_, err := in.Client.Dynamic.Resource(gateways).Namespace(istioNamespace).Create(ctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		// A poll: each answer counts, none is retried.
+		_, err := in.Client.Dynamic.Resource(gateways).Namespace(istioNamespace).Create(kube.WithoutRetries(ctx), probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 		switch {
 		case err == nil:
 			// No webhook validates it: nothing to wait for.

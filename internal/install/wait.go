@@ -8,7 +8,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
@@ -92,21 +91,26 @@ func (in *Installer) wait(ctx context.Context, what string, objs []*unstructured
 	last := map[string]*status.Result{}
 	lastObj := map[string]*unstructured.Unstructured{}
 	for {
-		for key, o := range pending {
-			res, err := in.Client.Resource(o)
-			if err != nil {
-				return err
+		var objs []*unstructured.Unstructured
+		for _, o := range pending {
+			objs = append(objs, o)
+		}
+		snap, err := in.managedSnapshot(ctx, objs)
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("%s: %w", what, ctx.Err())
 			}
-			live, err := res.Get(ctx, o.GetName(), metav1.GetOptions{})
-			if err != nil {
-				if ctx.Err() != nil {
-					return fmt.Errorf("%s: %w", what, ctx.Err())
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		for key, o := range pending {
+			live, known := snap.Get(in, o)
+			if live == nil {
+				reason := "not found"
+				if !known {
+					reason = "its kind is not served"
 				}
-				if apierrors.IsNotFound(err) {
-					last[key] = &status.Result{Status: status.NotFoundStatus, Message: "not found"}
-					continue
-				}
-				return fmt.Errorf("%s: get %s: %w", what, key, err)
+				last[key] = &status.Result{Status: status.NotFoundStatus, Message: reason}
+				continue
 			}
 			st, err := readiness(live)
 			if err != nil {

@@ -3,6 +3,7 @@ package kube
 import (
 	"fmt"
 	"net/http"
+	"net/url"
 	"sort"
 	"strings"
 	"sync"
@@ -22,7 +23,7 @@ func (c *RequestCounter) Wrap(rt http.RoundTripper) http.RoundTripper {
 		if c.counts == nil {
 			c.counts = map[string]int{}
 		}
-		c.counts[verb(r)]++
+		c.counts[Verb(r.Method, r.URL)]++
 		c.mu.Unlock()
 		return rt.RoundTrip(r)
 	})
@@ -32,18 +33,23 @@ type roundTripper func(*http.Request) (*http.Response, error)
 
 func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
-// verb names a request as the API server's audit log would, and marks dry
+// Verb names a request as the API server's audit log would, and marks dry
 // runs: get, list, watch, create, patch, update, delete, and
-// "patch (dry run)".
-func verb(r *http.Request) string {
-	v := strings.ToLower(r.Method)
-	q := r.URL.Query()
-	switch r.Method {
+// "patch (dry run)"; reads of the API's discovery documents and OpenAPI
+// schemas are "discovery"; requests on Leases are "lease get", "lease
+// create"...
+func Verb(method string, u *url.URL) string {
+	v := strings.ToLower(method)
+	q := u.Query()
+	switch method {
 	case http.MethodGet:
 		v = "get"
-		if q.Get("watch") == "true" || q.Get("watch") == "1" {
+		switch {
+		case isDiscovery(u.Path):
+			v = "discovery"
+		case q.Get("watch") == "true" || q.Get("watch") == "1":
 			v = "watch"
-		} else if isCollection(r.URL.Path) {
+		case isCollection(u.Path):
 			v = "list"
 		}
 	case http.MethodPost:
@@ -54,7 +60,32 @@ func verb(r *http.Request) string {
 	if q.Get("dryRun") == "All" {
 		v += " (dry run)"
 	}
+	if isLease(u.Path) {
+		v = "lease " + v
+	}
 	return v
+}
+
+// isLease tells the requests on Leases, with which an operation excludes
+// others while it writes: they coordinate runs and change nothing of what
+// is installed, so Writes does not count them.
+func isLease(path string) bool {
+	return strings.HasPrefix(path, "/apis/coordination.k8s.io/") && strings.Contains(path, "/leases")
+}
+
+// isDiscovery tells the documents clients read to find the API's resources
+// (/version, /api, /apis/group/version, /openapi/...) from objects.
+func isDiscovery(path string) bool {
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	switch parts[0] {
+	case "version", "openapi":
+		return true
+	case "api":
+		return len(parts) <= 2
+	case "apis":
+		return len(parts) <= 3
+	}
+	return false
 }
 
 // isCollection tells a list (/api/v1/namespaces/x/pods) from a get

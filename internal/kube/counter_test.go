@@ -1,7 +1,6 @@
 package kube
 
 import (
-	"net/http"
 	"net/url"
 	"testing"
 )
@@ -14,7 +13,11 @@ func TestVerb(t *testing.T) {
 		"GET /api/v1/namespaces/istio-system":                                "get",
 		"GET /apis/apps/v1/namespaces/istio-system/deployments?watch=true":   "watch",
 		"GET /apis/apps/v1/namespaces/istio-system/deployments/istiod/scale": "get",
-		"GET /apis": "get",
+		"GET /apis":                    "discovery",
+		"GET /apis/apps/v1":            "discovery",
+		"GET /api/v1":                  "discovery",
+		"GET /version":                 "discovery",
+		"GET /openapi/v3/apis/apps/v1": "discovery",
 		"PATCH /apis/apps/v1/namespaces/istio-system/deployments/istiod?dryRun=All": "patch (dry run)",
 		"PATCH /apis/apps/v1/namespaces/istio-system/deployments/istiod":            "patch",
 		"POST /api/v1/namespaces":     "create",
@@ -32,7 +35,7 @@ func TestVerb(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := verb(&http.Request{Method: method, URL: u}); got != want {
+		if got := Verb(method, u); got != want {
 			t.Errorf("%s: got %q, want %q", in, got, want)
 		}
 	}

@@ -39,7 +39,13 @@ type Options struct {
 	WrapTransport func(http.RoundTripper) http.RoundTripper
 	// Warnings receives the API server's warnings, once each; nil drops them.
 	Warnings io.Writer
+	// Concurrency is how many requests the client's users keep in flight;
+	// 0 means DefaultConcurrency. The client-side rate limit is sized for it.
+	Concurrency int
 }
+
+// DefaultConcurrency is how many requests kfistio keeps in flight.
+const DefaultConcurrency = 8
 
 // Client talks to one cluster.
 type Client struct {
@@ -53,6 +59,8 @@ type Client struct {
 	Context, Host string
 	// Version is the API server's version, as it reports it.
 	Version string
+	// Concurrency is how many requests to keep in flight (Options.Concurrency).
+	Concurrency int
 }
 
 // Connect loads the configuration and checks that the API server answers.
@@ -64,7 +72,14 @@ func Connect(ctx context.Context, o Options) (*Client, error) {
 	if o.WrapTransport != nil {
 		cfg.Wrap(o.WrapTransport)
 	}
-	cfg.QPS, cfg.Burst = 50, 100
+	// Outside WrapTransport, which sees every attempt.
+	cfg.Wrap(retrying)
+	if o.Concurrency <= 0 {
+		o.Concurrency = DefaultConcurrency
+	}
+	// Enough that the limit does not queue what is in flight: the server's
+	// priority and fairness is what throttles, with 429 and Retry-After.
+	cfg.QPS, cfg.Burst = float32(25*o.Concurrency), 50*o.Concurrency
 	cfg.WarningHandler = rest.NoWarnings{}
 	if o.Warnings != nil {
 		cfg.WarningHandler = rest.NewWarningWriter(o.Warnings, rest.WarningWriterOptions{Deduplicate: true})
@@ -77,7 +92,7 @@ func Connect(ctx context.Context, o Options) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{Config: cfg, Dynamic: dc, Kube: kc, Context: contextName, Host: cfg.Host,
+	c := &Client{Config: cfg, Dynamic: dc, Kube: kc, Context: contextName, Host: cfg.Host, Concurrency: o.Concurrency,
 		mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(kc.Discovery())),
 		missed: map[schema.GroupVersionKind]bool{}}
 	v, err := serverVersion(ctx, kc.Discovery())

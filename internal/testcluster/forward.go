@@ -4,15 +4,18 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 )
 
 // forward copies the TCP connections it accepts on one address to another,
 // as kube-proxy does from a Service's ClusterIP to a pod.
 type forward struct {
 	to string
-	l  net.Listener
-	wg sync.WaitGroup
-	mu sync.Mutex
+	// delay, if set, holds back every byte that long in each direction.
+	delay time.Duration
+	l     net.Listener
+	wg    sync.WaitGroup
+	mu    sync.Mutex
 	// conns are the open connections, closed with the forward.
 	conns map[net.Conn]bool
 }
@@ -71,7 +74,11 @@ func (f *forward) pipe(in net.Conn) {
 	defer f.track(out, false)
 	done := make(chan struct{}, 2)
 	cp := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
+		if f.delay > 0 {
+			delayedCopy(dst, src, f.delay)
+		} else {
+			_, _ = io.Copy(dst, src)
+		}
 		if tc, ok := dst.(*net.TCPConn); ok {
 			_ = tc.CloseWrite()
 		}
@@ -93,4 +100,37 @@ func (f *forward) close() {
 	f.conns = nil
 	f.mu.Unlock()
 	f.wg.Wait()
+}
+
+// delayedCopy copies src to dst, each chunk delay after it was read: a link
+// with that latency and no limit on throughput.
+func delayedCopy(dst, src net.Conn, delay time.Duration) {
+	type chunk struct {
+		b  []byte
+		at time.Time
+	}
+	ch := make(chan chunk, 1024)
+	go func() {
+		defer close(ch)
+		for {
+			b := make([]byte, 32<<10)
+			n, err := src.Read(b)
+			if n > 0 {
+				ch <- chunk{b[:n], time.Now().Add(delay)}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	failed := false
+	for c := range ch {
+		if failed {
+			continue // drain, so that the reader ends
+		}
+		time.Sleep(time.Until(c.at))
+		if _, err := dst.Write(c.b); err != nil {
+			failed = true
+		}
+	}
 }

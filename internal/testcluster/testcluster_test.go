@@ -11,20 +11,26 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
-// The control plane runs workloads on fake nodes: a Deployment becomes
-// Available and a DaemonSet rolls out on every node.
-func TestClusterRunsWorkloads(t *testing.T) {
+// start starts a cluster for the test, stopped when the test ends.
+func start(t *testing.T) (*Cluster, context.Context) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	t.Cleanup(cancel)
 	c, err := Start(ctx, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
+	t.Cleanup(func() {
 		if err := c.Stop(); err != nil {
 			t.Error(err)
 		}
-	}()
+	})
+	return c, ctx
+}
+
+// The control plane runs workloads on fake nodes: a Deployment becomes
+// Available and a DaemonSet rolls out on every node.
+func TestClusterRunsWorkloads(t *testing.T) {
+	c, ctx := start(t)
 	if err := c.AddNodes(ctx, Node{Name: "node-a"}, Node{Name: "node-b"}); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,130 @@
+package doctor
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kubeflow/kfistio/internal/inject"
+	"github.com/kubeflow/kfistio/internal/kube"
+	"github.com/kubeflow/kfistio/internal/object"
+)
+
+// StaleWorkload is a workload whose pods run sidecars of another Istio
+// release than istiod (finding KF106): they were injected before the last
+// upgrade, and a restart injects them again.
+type StaleWorkload struct {
+	// Workload is Kind/namespace/name of what restarts the pods: a
+	// Deployment, StatefulSet or DaemonSet, or the pod itself when no such
+	// controller owns it.
+	Workload string
+	// Pods are the pods of the workload with such a sidecar.
+	Pods []string
+	// Proxy is the release their sidecars run.
+	Proxy string
+	// Restart is what to run.
+	Restart string
+}
+
+// StaleProxies lists the workloads whose pods run a sidecar of another
+// release than release, sorted.
+func StaleProxies(ctx context.Context, c *kube.Client, release string) ([]StaleWorkload, error) {
+	pods, err := c.Kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list pods: %w", err)
+	}
+	return (&owners{c: c}).stale(ctx, pods.Items, release)
+}
+
+// proxyRelease returns the release of p's sidecar, and whether it has one.
+func proxyRelease(p *corev1.Pod) (string, bool) {
+	for _, c := range append(append([]corev1.Container{}, p.Spec.InitContainers...), p.Spec.Containers...) {
+		if c.Name == inject.ProxyContainer {
+			_, tag := object.SplitImage(c.Image)
+			return tag, true
+		}
+	}
+	return "", false
+}
+
+// owners finds what restarts a pod, reading each ReplicaSet once.
+type owners struct {
+	c           *kube.Client
+	replicaSets map[string]string
+}
+
+func (o *owners) stale(ctx context.Context, pods []corev1.Pod, release string) ([]StaleWorkload, error) {
+	byWorkload := map[string]*StaleWorkload{}
+	for i := range pods {
+		p := &pods[i]
+		tag, ok := proxyRelease(p)
+		if !ok || release == "" || tag == release {
+			continue
+		}
+		w, restart, err := o.workload(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		s := byWorkload[w]
+		if s == nil {
+			s = &StaleWorkload{Workload: w, Proxy: tag, Restart: restart}
+			byWorkload[w] = s
+		}
+		s.Pods = append(s.Pods, object.KeyOf("Pod", p.Namespace, p.Name))
+	}
+	out := make([]StaleWorkload, 0, len(byWorkload))
+	for _, s := range byWorkload {
+		sort.Strings(s.Pods)
+		out = append(out, *s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Workload < out[j].Workload })
+	return out, nil
+}
+
+// workload returns the key of what restarts p and the command that does.
+func (o *owners) workload(ctx context.Context, p *corev1.Pod) (string, string, error) {
+	kind, name := "", ""
+	if ref := metav1.GetControllerOf(p); ref != nil {
+		kind, name = ref.Kind, ref.Name
+	}
+	if kind == "ReplicaSet" {
+		rsKey := p.Namespace + "/" + name
+		dep, seen := o.replicaSets[rsKey]
+		if !seen {
+			rs, err := o.c.Kube.AppsV1().ReplicaSets(p.Namespace).Get(ctx, name, metav1.GetOptions{})
+			switch {
+			case apierrors.IsNotFound(err):
+			case err != nil:
+				return "", "", fmt.Errorf("get ReplicaSet/%s: %w", rsKey, err)
+			default:
+				if ref := metav1.GetControllerOf(rs); ref != nil && ref.Kind == "Deployment" {
+					dep = ref.Name
+				}
+			}
+			if o.replicaSets == nil {
+				o.replicaSets = map[string]string{}
+			}
+			o.replicaSets[rsKey] = dep
+		}
+		kind, name = "Deployment", dep
+		if dep == "" {
+			kind = ""
+		}
+	}
+	switch kind {
+	case "Deployment", "StatefulSet", "DaemonSet":
+		return object.KeyOf(kind, p.Namespace, name),
+			fmt.Sprintf("kubectl rollout restart -n %s %s/%s", p.Namespace, strings.ToLower(kind), name), nil
+	}
+	if kind != "" {
+		// A Job, a bare ReplicaSet...: its controller makes the pod again.
+		return object.KeyOf("Pod", p.Namespace, p.Name), fmt.Sprintf("kubectl delete pod -n %s %s", p.Namespace, p.Name), nil
+	}
+	return object.KeyOf("Pod", p.Namespace, p.Name),
+		fmt.Sprintf("kubectl get pod -n %s %s -o yaml | kubectl replace --force -f -", p.Namespace, p.Name), nil
+}
