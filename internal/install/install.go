@@ -196,6 +196,16 @@ func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err e
 	}
 	inv.Complete = true
 	inv.Applied = r.applied
+	if !slices.ContainsFunc(r.changes, func(c Change) bool { return c.Action != Unchanged }) {
+		// Nothing changed: a fingerprint that moved (kfistio's fields taken
+		// back by hand) is not worth a write, the next install compares that
+		// object with a dry run again; a fingerprint the inventory lacks is.
+		for k, v := range prev.appliedOf() {
+			if _, ok := inv.Applied[k]; ok {
+				inv.Applied[k] = v
+			}
+		}
+	}
 	if o.DryRun || sameInventory(prev, inv) {
 		return r.changes, nil
 	}

@@ -109,6 +109,14 @@ type Inventory struct {
 	Applied map[string]string `json:"applied,omitempty"`
 }
 
+// appliedOf returns the fingerprints of inv, none without an inventory.
+func (inv *Inventory) appliedOf() map[string]string {
+	if inv == nil {
+		return nil
+	}
+	return inv.Applied
+}
+
 // Installation is what the inventory says was installed.
 func (inv *Inventory) Installation() build.Installation {
 	return build.Installation{Overlay: inv.Overlay, ClusterLocalGateway: inv.ClusterLocalGateway,
