@@ -166,6 +166,15 @@ func (t *Tree) InstallationObjects(in Installation) ([]*unstructured.Unstructure
 	return r.Objects()
 }
 
+// EmbeddedNamespaceLabels is NamespaceLabels of the embedded tree.
+func EmbeddedNamespaceLabels(in Installation) ([]*unstructured.Unstructured, error) {
+	t, err := Embedded()
+	if err != nil {
+		return nil, err
+	}
+	return t.NamespaceLabels(in)
+}
+
 // NamespaceLabels returns the Namespaces of the labels directory of in.'s
 // overlay (Overlay.LabelsDir): each holds only the labels the overlay needs on
 // a namespace that other Kubeflow directories define. Nil when it needs none.

@@ -70,11 +70,7 @@ func installMesh(t *testing.T, in build.Installation, objs []*unstructured.Unstr
 func tryInstall(t *testing.T, in build.Installation, objs []*unstructured.Unstructured, wait time.Duration) (*mesh, error) {
 	t.Helper()
 	ctx := context.Background()
-	tree, err := build.Embedded()
-	if err != nil {
-		t.Fatal(err)
-	}
-	labels, err := tree.NamespaceLabels(in)
+	labels, err := build.EmbeddedNamespaceLabels(in)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,18 +30,19 @@ func (r *run) labelNamespaces(ctx context.Context) error {
 	for _, o := range r.o.NamespaceLabels {
 		want[o.GetName()] = o.GetLabels()
 	}
-	owned, err := r.in.labelledNamespaces(ctx)
+	live, err := r.in.namespaces(ctx)
 	if err != nil {
 		return err
 	}
 	names := slices.Sorted(maps.Keys(want))
-	for _, n := range slices.Sorted(maps.Keys(owned)) {
-		if _, ok := want[n]; !ok {
+	for _, n := range slices.Sorted(maps.Keys(live)) {
+		if _, ok := want[n]; !ok && len(live[n].owned) > 0 {
 			names = append(names, n)
 		}
 	}
 	for _, name := range names {
-		action, err := r.in.applyLabels(ctx, name, want[name], owned[name], r.o.DryRun || r.newNamespaces[name], r.o.ForceConflicts)
+		ns, ok := live[name]
+		action, err := r.in.applyLabels(ctx, name, want[name], ns, !ok, r.o.DryRun || r.newNamespaces[name], r.o.ForceConflicts)
 		if err != nil {
 			return err
 		}
@@ -56,13 +57,16 @@ func (r *run) labelNamespaces(ctx context.Context) error {
 
 // releaseLabels gives up every namespace label LabelsFieldManager owns.
 func (in *Installer) releaseLabels(ctx context.Context, dryRun bool) (ChangeSet, error) {
-	owned, err := in.labelledNamespaces(ctx)
+	live, err := in.namespaces(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var changes ChangeSet
-	for _, name := range slices.Sorted(maps.Keys(owned)) {
-		if _, err := in.applyLabels(ctx, name, nil, owned[name], dryRun, false); err != nil {
+	for _, name := range slices.Sorted(maps.Keys(live)) {
+		if len(live[name].owned) == 0 {
+			continue
+		}
+		if _, err := in.applyLabels(ctx, name, nil, live[name], false, dryRun, false); err != nil {
 			return changes, err
 		}
 		changes = append(changes, Change{Object: object.KeyOf("Namespace", "", name), Action: Released, Note: "labels released"})
@@ -77,18 +81,16 @@ type labelledNamespace struct {
 	owned  []string
 }
 
-// labelledNamespaces returns the namespaces where LabelsFieldManager owns
-// labels.
-func (in *Installer) labelledNamespaces(ctx context.Context) (map[string]labelledNamespace, error) {
+// namespaces returns every live namespace by name, with the labels
+// LabelsFieldManager owns on it, read by one LIST.
+func (in *Installer) namespaces(ctx context.Context) (map[string]labelledNamespace, error) {
 	list, err := in.Client.Kube.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("list namespaces: %w", err)
 	}
 	out := map[string]labelledNamespace{}
 	for i := range list.Items {
-		if keys := ownedLabels(&list.Items[i]); len(keys) > 0 {
-			out[list.Items[i].Name] = labelledNamespace{labels: list.Items[i].Labels, owned: keys}
-		}
+		out[list.Items[i].Name] = labelledNamespace{labels: list.Items[i].Labels, owned: ownedLabels(&list.Items[i])}
 	}
 	return out, nil
 }
@@ -117,27 +119,21 @@ func ownedLabels(ns *corev1.Namespace) []string {
 }
 
 // applyLabels applies namespace name with labels as LabelsFieldManager,
-// unless it already carries them and the manager owns no other label.
-func (in *Installer) applyLabels(ctx context.Context, name string, labels map[string]string, live labelledNamespace, dryRun, force bool) (Action, error) {
+// unless it already carries them and the manager owns no other label. live
+// is the namespace as listed; missing says there is none yet.
+func (in *Installer) applyLabels(ctx context.Context, name string, labels map[string]string, live labelledNamespace, missing, dryRun, force bool) (Action, error) {
 	key := object.KeyOf("Namespace", "", name)
-	nss := in.Client.Kube.CoreV1().Namespaces()
 	action := Configured
-	if live.owned == nil {
-		ns, err := nss.Get(ctx, name, metav1.GetOptions{})
-		switch {
-		case apierrors.IsNotFound(err):
-			action = Created
-		case err != nil:
-			return "", fmt.Errorf("get %s: %w", key, err)
-		default:
-			live.labels = ns.Labels
-		}
-	}
-	if action != Created && slices.Equal(live.owned, slices.Sorted(maps.Keys(labels))) && hasLabels(live.labels, labels) {
+	if missing {
+		action = Created
+	} else if slices.Equal(live.owned, slices.Sorted(maps.Keys(labels))) && hasLabels(live.labels, labels) {
 		return Unchanged, nil
 	}
 	if dryRun {
 		return action, nil
+	}
+	if err := in.beforeWrite(ctx); err != nil {
+		return "", err
 	}
 	meta := map[string]any{"name": name}
 	if len(labels) > 0 {
@@ -147,7 +143,7 @@ func (in *Installer) applyLabels(ctx context.Context, name string, labels map[st
 	if err != nil {
 		return "", err
 	}
-	if _, err := nss.Patch(ctx, name, types.ApplyPatchType, body, metav1.PatchOptions{FieldManager: LabelsFieldManager, Force: &force}); err != nil {
+	if _, err := in.Client.Kube.CoreV1().Namespaces().Patch(ctx, name, types.ApplyPatchType, body, metav1.PatchOptions{FieldManager: LabelsFieldManager, Force: &force}); err != nil {
 		if apierrors.IsConflict(err) {
 			return "", fmt.Errorf("label %s with %s: another field manager owns these labels with other values (%w); rerun with --force-conflicts to take them over", key, labelList(labels), err)
 		}

@@ -63,11 +63,7 @@ func objects(t *testing.T, overlay string) (build.Installation, []*unstructured.
 
 func options(t *testing.T, overlay string) Options {
 	in, objs := objects(t, overlay)
-	tree, err := build.Embedded()
-	if err != nil {
-		t.Fatal(err)
-	}
-	labels, err := tree.NamespaceLabels(in)
+	labels, err := build.EmbeddedNamespaceLabels(in)
 	if err != nil {
 		t.Fatal(err)
 	}
