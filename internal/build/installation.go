@@ -166,6 +166,16 @@ func (t *Tree) InstallationObjects(in Installation) ([]*unstructured.Unstructure
 	return r.Objects()
 }
 
+// InstallationParts returns what an install of in applies: the objects of
+// its build and the labels its overlay needs on other namespaces.
+func (t *Tree) InstallationParts(in Installation) (objs, labels []*unstructured.Unstructured, err error) {
+	if objs, err = t.InstallationObjects(in); err != nil {
+		return nil, nil, err
+	}
+	labels, err = t.NamespaceLabels(in)
+	return objs, labels, err
+}
+
 // EmbeddedNamespaceLabels is NamespaceLabels of the embedded tree.
 func EmbeddedNamespaceLabels(in Installation) ([]*unstructured.Unstructured, error) {
 	t, err := Embedded()

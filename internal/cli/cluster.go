@@ -117,11 +117,7 @@ func (f *installationFlags) resolve(ctx context.Context, c *kube.Client, progres
 	if err != nil {
 		return in, nil, nil, err
 	}
-	objs, err := tree.InstallationObjects(in)
-	if err != nil {
-		return in, nil, nil, err
-	}
-	labels, err := tree.NamespaceLabels(in)
+	objs, labels, err := tree.InstallationParts(in)
 	return in, objs, labels, err
 }
 

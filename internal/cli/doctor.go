@@ -161,11 +161,13 @@ func doctorFiles(s Streams, f *doctorFlags, native *bool, min doctor.Severity) (
 	}
 	inst := build.DefaultInstallation(f.overlay)
 	inst.Components = f.components
-	objs, err := tree.InstallationObjects(inst)
+	// The labels the overlay puts on Kubeflow's namespaces (ambient's data
+	// plane mode) decide how their pods are judged.
+	objs, labels, err := tree.InstallationParts(inst)
 	if err != nil {
 		return nil, err
 	}
-	opts, err := doctor.InstallationOptions(objs, native)
+	opts, err := doctor.InstallationOptions(append(objs, labels...), native)
 	if err != nil {
 		return nil, err
 	}

@@ -52,11 +52,11 @@ func options(t testing.TB, s setting) WorkloadOptions {
 	}
 	inst := build.DefaultInstallation(s.overlay)
 	inst.Components = s.components
-	objs, err := tree.InstallationObjects(inst)
+	objs, labels, err := tree.InstallationParts(inst)
 	if err != nil {
 		t.Fatal(err)
 	}
-	o, err := InstallationOptions(objs, s.native)
+	o, err := InstallationOptions(append(objs, labels...), s.native)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -72,6 +72,22 @@ func TestInjectionScope(t *testing.T) {
 	}
 }
 
+// The namespace labels an overlay applies to Kubeflow's namespaces count:
+// with the ambient overlays, pods in kubeflow run without a sidecar.
+func TestOverlayNamespaceLabels(t *testing.T) {
+	pod := strings.ReplaceAll(failingPod, "namespace: team-a", "namespace: kubeflow")
+	want := map[string][]string{
+		"oauth2-proxy": {"Pod/kubeflow/fetch KF001 error get"},
+		"ambient":      nil,
+	}
+	for name, w := range want {
+		t.Run(name, func(t *testing.T) {
+			_, r := judge(t, overlay(name), pod)
+			wantFindings(t, r, w)
+		})
+	}
+}
+
 const isvc = `apiVersion: serving.kserve.io/v1beta1
 kind: InferenceService
 metadata:
