@@ -422,8 +422,8 @@ func (r *run) ensureNamespaces(ctx context.Context) error {
 		}
 		if r.o.DryRun {
 			opts.DryRun = []string{metav1.DryRunAll}
-			r.newNamespaces[ns] = true
 		}
+		r.newNamespaces[ns] = true
 		_, err := r.in.Client.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, opts)
 		if err != nil && !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("create Namespace/%s: %w", ns, err)

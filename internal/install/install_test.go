@@ -565,8 +565,8 @@ func TestAmbient(t *testing.T) {
 			t.Errorf("%s: istio-system labels %v, %v", overlay, ns.Labels, err)
 		}
 		kf, err := in.Client.Kube.CoreV1().Namespaces().Get(ctx, "kubeflow", metav1.GetOptions{})
-		if err != nil || kf.Labels["istio.io/dataplane-mode"] != "ambient" || !slices.Equal(ownedLabels(kf), []string{"istio.io/dataplane-mode"}) {
-			t.Errorf("%s: kubeflow labels %v, owned by %s: %v, %v", overlay, kf.Labels, LabelsFieldManager, ownedLabels(kf), err)
+		if err != nil || kf.Labels["istio.io/dataplane-mode"] != "ambient" || !slices.Equal(ownedLabels(kf.ManagedFields), []string{"istio.io/dataplane-mode"}) {
+			t.Errorf("%s: kubeflow labels %v, owned by %s: %v, %v", overlay, kf.Labels, LabelsFieldManager, ownedLabels(kf.ManagedFields), err)
 		}
 		again, counter := admin(t)
 		if cs, err := again.Install(ctx, o); err != nil || len(onlyChanges(cs)) > 0 || counter.Writes() > 0 {
@@ -586,7 +586,7 @@ func TestAmbient(t *testing.T) {
 		t.Errorf("back to sidecars: %v", onlyChanges(cs))
 	}
 	kf, _ := in.Client.Kube.CoreV1().Namespaces().Get(ctx, "kubeflow", metav1.GetOptions{})
-	if _, ok := kf.Labels["istio.io/dataplane-mode"]; ok || len(ownedLabels(kf)) > 0 {
+	if _, ok := kf.Labels["istio.io/dataplane-mode"]; ok || len(ownedLabels(kf.ManagedFields)) > 0 {
 		t.Errorf("kubeflow labels %v after leaving ambient", kf.Labels)
 	}
 }

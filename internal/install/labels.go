@@ -8,9 +8,9 @@ import (
 	"slices"
 	"strings"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kubeflow/kfistio/internal/object"
@@ -30,7 +30,7 @@ func (r *run) labelNamespaces(ctx context.Context) error {
 	for _, o := range r.o.NamespaceLabels {
 		want[o.GetName()] = o.GetLabels()
 	}
-	live, err := r.in.namespaces(ctx)
+	live, err := r.in.namespaces(ctx, r.snap)
 	if err != nil {
 		return err
 	}
@@ -42,7 +42,10 @@ func (r *run) labelNamespaces(ctx context.Context) error {
 	}
 	for _, name := range names {
 		ns, ok := live[name]
-		action, err := r.in.applyLabels(ctx, name, want[name], ns, !ok, r.o.DryRun || r.newNamespaces[name], r.o.ForceConflicts)
+		// A namespace this run created is there, without labels, unless
+		// the run is a dry run.
+		missing := !ok && (r.o.DryRun || !r.newNamespaces[name])
+		action, err := r.in.applyLabels(ctx, name, want[name], ns, missing, r.o.DryRun, r.o.ForceConflicts)
 		if err != nil {
 			return err
 		}
@@ -56,8 +59,8 @@ func (r *run) labelNamespaces(ctx context.Context) error {
 }
 
 // releaseLabels gives up every namespace label LabelsFieldManager owns.
-func (in *Installer) releaseLabels(ctx context.Context, dryRun bool) (ChangeSet, error) {
-	live, err := in.namespaces(ctx)
+func (in *Installer) releaseLabels(ctx context.Context, snap *Snapshot, dryRun bool) (ChangeSet, error) {
+	live, err := in.namespaces(ctx, snap)
 	if err != nil {
 		return nil, err
 	}
@@ -82,23 +85,24 @@ type labelledNamespace struct {
 }
 
 // namespaces returns every live namespace by name, with the labels
-// LabelsFieldManager owns on it, read by one LIST.
-func (in *Installer) namespaces(ctx context.Context) (map[string]labelledNamespace, error) {
-	list, err := in.Client.Kube.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("list namespaces: %w", err)
+// LabelsFieldManager owns on it, from snap (which lists them all at most once).
+func (in *Installer) namespaces(ctx context.Context, snap *Snapshot) (map[string]labelledNamespace, error) {
+	proto := []*unstructured.Unstructured{Ref{APIVersion: "v1", Kind: "Namespace"}.stub()}
+	if err := snap.Read(ctx, in, proto); err != nil {
+		return nil, err
 	}
 	out := map[string]labelledNamespace{}
-	for i := range list.Items {
-		out[list.Items[i].Name] = labelledNamespace{labels: list.Items[i].Labels, owned: ownedLabels(&list.Items[i])}
+	for _, ns := range snap.Listed(in, proto[0]) {
+		out[ns.GetName()] = labelledNamespace{labels: ns.GetLabels(), owned: ownedLabels(ns.GetManagedFields())}
 	}
 	return out, nil
 }
 
-// ownedLabels returns the label keys LabelsFieldManager applied on ns.
-func ownedLabels(ns *corev1.Namespace) []string {
+// ownedLabels returns the label keys LabelsFieldManager applied, by the
+// managedFields of a namespace.
+func ownedLabels(managed []metav1.ManagedFieldsEntry) []string {
 	var keys []string
-	for _, mf := range ns.ManagedFields {
+	for _, mf := range managed {
 		if mf.Manager != LabelsFieldManager || mf.Operation != metav1.ManagedFieldsOperationApply || mf.FieldsV1 == nil {
 			continue
 		}

@@ -119,7 +119,7 @@ func TestLeaseRBAC(t *testing.T) {
 	adm, _ := admin(t)
 	role := []byte(`{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"all-but-leases"},
 "rules":[{"apiGroups":["","apps","rbac.authorization.k8s.io","apiextensions.k8s.io","admissionregistration.k8s.io","policy","autoscaling",
-"networking.istio.io","security.istio.io","telemetry.istio.io","extensions.istio.io"],"resources":["*"],"verbs":["*"]}]}`)
+"networking.k8s.io","networking.istio.io","security.istio.io","telemetry.istio.io","extensions.istio.io"],"resources":["*"],"verbs":["*"]}]}`)
 	binding := []byte(`{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRoleBinding","metadata":{"name":"installer-all-but-leases"},
 "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"all-but-leases"},
 "subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"User","name":"installer"}]}`)

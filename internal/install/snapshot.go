@@ -143,6 +143,25 @@ func (s *Snapshot) Get(in *Installer, o *unstructured.Unstructured) (live *unstr
 	return s.objs[identity{sc, o.GetName()}], s.listed[sc]
 }
 
+// Listed returns the live objects s listed in the kind and namespace of o,
+// sorted by name.
+func (s *Snapshot) Listed(in *Installer, o *unstructured.Unstructured) []*unstructured.Unstructured {
+	sc, err := in.scopeOf(o)
+	if err != nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*unstructured.Unstructured
+	for id, u := range s.objs {
+		if id.scope == sc {
+			out = append(out, u)
+		}
+	}
+	slices.SortFunc(out, func(a, b *unstructured.Unstructured) int { return cmp.Compare(a.GetName(), b.GetName()) })
+	return out
+}
+
 // scopeOf is the LIST that reads o.
 func (in *Installer) scopeOf(o *unstructured.Unstructured) (scope, error) {
 	m, err := in.Client.Mapping(o.GroupVersionKind())

@@ -76,7 +76,7 @@ func (in *Installer) Uninstall(ctx context.Context, o UninstallOptions) (_ Chang
 	})
 	if err == nil {
 		var released ChangeSet
-		released, err = in.releaseLabels(ctx, o.DryRun)
+		released, err = in.releaseLabels(ctx, snap, o.DryRun)
 		changes = append(changes, released...)
 	}
 	if err != nil || o.DryRun {
