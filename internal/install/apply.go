@@ -145,21 +145,19 @@ func (in *Installer) apply(ctx context.Context, o, live *unstructured.Unstructur
 // takes one over or removes one, and whose time moves when kfistio changes a
 // value. "" when kfistio has no entry.
 func fingerprint(body []byte, o *unstructured.Unstructured) string {
-	for _, e := range o.GetManagedFields() {
-		if e.Manager != FieldManager || e.Operation != metav1.ManagedFieldsOperationApply || e.Subresource != "" || e.FieldsV1 == nil {
-			continue
-		}
-		h := sha256.New()
-		h.Write(body)
-		t := ""
-		if e.Time != nil {
-			t = e.Time.UTC().Format(time.RFC3339)
-		}
-		fmt.Fprintf(h, "\x00%s\x00%s\x00", e.APIVersion, t)
-		h.Write(e.FieldsV1.Raw)
-		return hex.EncodeToString(h.Sum(nil))
+	e, ok := kfistioEntry(o)
+	if !ok || e.FieldsV1 == nil {
+		return ""
 	}
-	return ""
+	h := sha256.New()
+	h.Write(body)
+	t := ""
+	if e.Time != nil {
+		t = e.Time.UTC().Format(time.RFC3339)
+	}
+	fmt.Fprintf(h, "\x00%s\x00%s\x00", e.APIVersion, t)
+	h.Write(e.FieldsV1.Raw)
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // sameObject compares two versions of an object, ignoring what the server

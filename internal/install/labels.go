@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/structured-merge-diff/v6/fieldpath"
 
 	"github.com/kubeflow/kfistio/internal/object"
 )
@@ -101,22 +102,18 @@ func (in *Installer) namespaces(ctx context.Context, snap *Snapshot) (map[string
 // ownedLabels returns the label keys LabelsFieldManager applied, by the
 // managedFields of a namespace.
 func ownedLabels(managed []metav1.ManagedFieldsEntry) []string {
+	metadata, labels := "metadata", "labels"
 	var keys []string
 	for _, mf := range managed {
-		if mf.Manager != LabelsFieldManager || mf.Operation != metav1.ManagedFieldsOperationApply || mf.FieldsV1 == nil {
+		if mf.Manager != LabelsFieldManager || mf.Operation != metav1.ManagedFieldsOperationApply {
 			continue
 		}
-		var fields struct {
-			Metadata struct {
-				Labels map[string]any `json:"f:labels"`
-			} `json:"f:metadata"`
-		}
-		if err := json.Unmarshal(mf.FieldsV1.Raw, &fields); err != nil {
+		s, err := fieldSet(mf)
+		if err != nil {
 			continue
 		}
-		for k := range fields.Metadata.Labels {
-			keys = append(keys, strings.TrimPrefix(k, "f:"))
-		}
+		owned := s.Children.Descend(fieldpath.PathElement{FieldName: &metadata}).Children.Descend(fieldpath.PathElement{FieldName: &labels})
+		owned.Members.Iterate(func(pe fieldpath.PathElement) { keys = append(keys, *pe.FieldName) })
 	}
 	slices.Sort(keys)
 	return keys
