@@ -116,9 +116,7 @@ func (cl *clusterCheck) load(ctx context.Context, istiod *appsv1.Deployment) err
 		return err
 	}
 	cl.injector = in
-	if c := object.Container(&istiod.Spec.Template.Spec, inject.DiscoveryContainer); c != nil {
-		_, cl.release = object.SplitImage(c.Image)
-	}
+	_, cl.release = inject.IstiodRelease(&istiod.Spec.Template.Spec)
 	cl.cni = injectorUsesCNI(objs[0])
 	if inv, err := (&install.Installer{Client: cl.c}).ReadInventory(ctx); err == nil {
 		cl.overlay = inv.Overlay

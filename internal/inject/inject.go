@@ -201,3 +201,13 @@ func defaultVolumes(spec *corev1.PodSpec) {
 		}
 	}
 }
+
+// IstiodRelease returns the image of istiod's discovery container in spec
+// and its tag, the Istio release ("" for both without that container).
+func IstiodRelease(spec *corev1.PodSpec) (image, release string) {
+	if c := object.Container(spec, DiscoveryContainer); c != nil {
+		_, release = object.SplitImage(c.Image)
+		return c.Image, release
+	}
+	return "", ""
+}

@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kubeflow/kfistio/internal/inject"
 	"github.com/kubeflow/kfistio/internal/object"
 	"github.com/kubeflow/kfistio/internal/testcluster"
 )
@@ -253,7 +254,7 @@ func TestAdopt(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, rel := istiodRelease(d); rel == previousRelease {
+			if _, rel := inject.IstiodRelease(&d.Spec.Template.Spec); rel == previousRelease {
 				t.Errorf("istiod still runs %s", rel)
 			}
 			for _, e := range d.Spec.Template.Spec.Containers[0].Env {

@@ -10,7 +10,6 @@ import (
 	"sort"
 	"strings"
 
-	appsv1 "k8s.io/api/apps/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -220,19 +219,9 @@ func (in *Installer) foreignError(ctx context.Context, found []*owned) error {
 	}
 	d, err := in.Client.Kube.AppsV1().Deployments(istioNamespace).Get(ctx, inject.IstiodDeployment, metav1.GetOptions{})
 	if err == nil {
-		e.Image, e.Release = istiodRelease(d)
+		e.Image, e.Release = inject.IstiodRelease(&d.Spec.Template.Spec)
 	}
 	return e
-}
-
-// istiodRelease returns the image of istiod's discovery container and its
-// tag, the Istio release.
-func istiodRelease(d *appsv1.Deployment) (image, release string) {
-	if c := object.Container(&d.Spec.Template.Spec, inject.DiscoveryContainer); c != nil {
-		_, release = object.SplitImage(c.Image)
-		return c.Image, release
-	}
-	return "", ""
 }
 
 // adopt makes kfistio the only owner of the fields that the managers of f
