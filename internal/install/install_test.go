@@ -573,10 +573,6 @@ func TestAmbient(t *testing.T) {
 			t.Errorf("%s again: %v, changes %v, %d writes", overlay, err, onlyChanges(cs), counter.Writes())
 		}
 	}
-	_, err := in.Client.Kube.CoreV1().ResourceQuotas("kube-system").Get(ctx, "ztunnel", metav1.GetOptions{})
-	if !apierrors.IsNotFound(err) {
-		t.Errorf("the GKE quota outlived the GKE overlay: %v", err)
-	}
 	cs, err := in.Install(ctx, options(t, "oauth2-proxy"))
 	if err != nil {
 		t.Fatal(err)

@@ -42,7 +42,7 @@ func Generate(root string) (*Generated, error) {
 	}
 	defer func() { _ = r.Close() }()
 	out := &Generated{Files: Files{}}
-	splits := map[string]split{}
+	var base split
 	for _, rd := range Renders() {
 		res, err := r.Render(rd.Inputs(root))
 		if err != nil {
@@ -50,18 +50,18 @@ func Generate(root string) (*Generated, error) {
 		}
 		out.Warnings = append(out.Warnings, res.Warnings...)
 		s := splitRender(res.Objects)
-		splits[rd.Name] = s
 		if rd.Name == BaseRender {
+			base = s
 			if err := out.Files.addBase(rd, s); err != nil {
 				return nil, err
 			}
 			continue
 		}
-		c, err := variant(splits[rd.parent()], s)
+		c, err := variant(base, s)
 		if err != nil {
 			return nil, fmt.Errorf("%s (%s): %w", rd.Name, rd.describe(), err)
 		}
-		comment := fmt.Sprintf("# From the %s render to %s", rd.parent(), rd.describe())
+		comment := fmt.Sprintf("# From the %s render to %s", BaseRender, rd.describe())
 		if err := out.Files.addComponent(rd.Name, comment, c); err != nil {
 			return nil, fmt.Errorf("write %s: %w", rd.Name, err)
 		}

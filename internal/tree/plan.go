@@ -18,7 +18,6 @@ const (
 	NoCNIPatchesDir       = "istio-install/components/no-cni/upstream"
 	OAuth2ProxyPatchesDir = "istio-install/components/oauth2-proxy/upstream"
 	AmbientDir            = "istio-install/components/ambient/upstream"
-	AmbientGKEDir         = "istio-install/components/ambient-gke/upstream"
 )
 
 // ClusterLocalGatewayName is the name prefix of the objects that go to
@@ -31,7 +30,6 @@ const (
 	OverlayInput     = "upstream/overlay.yaml"
 	OAuth2ProxyInput = "upstream/oauth2-proxy.yaml"
 	AmbientInput     = "upstream/ambient.yaml"
-	AmbientGKEInput  = "upstream/ambient-gke.yaml"
 )
 
 var (
@@ -43,20 +41,10 @@ var (
 // to the repository root) and --set flags it takes.
 type Render struct {
 	// Name is "base" for the base render, else the directory (under
-	// manifests/) of the Component that turns the render it builds on into
-	// this one.
+	// manifests/) of the Component that turns the base render into this one.
 	Name  string
 	Files []string
 	Set   []string
-	// Parent is the render this one builds on; empty means the base.
-	Parent string
-}
-
-func (r Render) parent() string {
-	if r.Parent == "" {
-		return BaseRender
-	}
-	return r.Parent
 }
 
 // BaseRender names the base render.
@@ -91,6 +79,5 @@ func Renders() []Render {
 		{Name: NoCNIPatchesDir, Files: []string{ProfileInput, OverlayInput}, Set: cniOff},
 		{Name: OAuth2ProxyPatchesDir, Files: []string{ProfileInput, OverlayInput, OAuth2ProxyInput}, Set: cniOn},
 		{Name: AmbientDir, Files: []string{ProfileInput, OverlayInput, AmbientInput}, Set: cniOn},
-		{Name: AmbientGKEDir, Files: []string{ProfileInput, OverlayInput, AmbientInput, AmbientGKEInput}, Set: cniOn, Parent: AmbientDir},
 	}
 }

@@ -565,8 +565,9 @@ func checkGKE(t *target) []Problem {
 	if got := cniBinDir(ds); got != build.GKECNIBinDir {
 		p.wrong(object.Key(ds), "volumes[cni-bin-dir].hostPath.path", got, show(build.GKECNIBinDir))
 	}
-	// Otherwise the build is that of the same overlay off GKE, but for what
-	// GKE needs in addition.
+	// Otherwise the build is that of the same overlay off GKE. GKE admits
+	// the system-node-critical pods of the CNI node agent and ztunnel in
+	// kube-system without a ResourceQuota, so nothing is added for it.
 	other := t.overlay.GKEOf
 	theirs, err := t.env.objects(t.sibling(other))
 	if err != nil {
@@ -578,9 +579,7 @@ func checkGKE(t *target) []Problem {
 	for _, key := range sortedKeys(mine) {
 		o, ok := index[key]
 		if !ok {
-			if !gkeOnly(mine[key]) {
-				p.because(key, "", "not in the "+other+" overlay")
-			}
+			p.because(key, "", "not in the "+other+" overlay")
 			continue
 		}
 		a, b := mine[key], o
@@ -596,27 +595,7 @@ func checkGKE(t *target) []Problem {
 			p.because(key, "", "in the "+other+" overlay but missing here")
 		}
 	}
-	if t.overlay.Ambient && !slices.ContainsFunc(t.objs, gkeOnly) {
-		p.because("ResourceQuota/"+ns+"/*", "", "no ResourceQuota for the system-node-critical priority class: GKE does not admit ztunnel's pods in istio-system without one")
-	}
 	return p
-}
-
-// gkeOnly reports whether o is what GKE needs and other platforms do not: a
-// ResourceQuota that admits system-node-critical pods outside kube-system.
-func gkeOnly(o *unstructured.Unstructured) bool {
-	if o.GetKind() != "ResourceQuota" {
-		return false
-	}
-	exprs, _, _ := unstructured.NestedSlice(o.Object, "spec", "scopeSelector", "matchExpressions")
-	for _, e := range exprs {
-		m, _ := e.(map[string]any)
-		values, _ := m["values"].([]any)
-		if m["scopeName"] == "PriorityClass" && slices.Contains(values, any("system-node-critical")) {
-			return true
-		}
-	}
-	return false
 }
 
 func cniBinDir(ds *unstructured.Unstructured) string {

@@ -370,7 +370,9 @@ func TestEachCheckFailsOnABrokenBuild(t *testing.T) {
 		{"istiod without ambient", "A2", dirSpec("istio-install/overlays/ambient"), func(m *objects) {
 			m.dropEnv(istiodKey, "discovery", "PILOT_ENABLE_AMBIENT")
 		}},
-		{"GKE quota missing", "F14", inst("ambient-gke"), func(m *objects) { m.remove("ResourceQuota/kube-system/ztunnel") }},
+		{"an object GKE does not need", "F14", inst("ambient-gke"), func(m *objects) {
+			m.add("apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: ztunnel\n  namespace: kube-system\nspec:\n  hard: {pods: \"5000\"}\n")
+		}},
 		{"a policy without policyTypes selects every pod", "F20", inst("oauth2-proxy"), func(m *objects) {
 			m.set("NetworkPolicy/istio-system/allow-istiod-control-plane", map[string]any{"podSelector": map[string]any{}}, "spec")
 		}},
@@ -491,7 +493,7 @@ func TestRemovingAKubeflowChangeFailsItsFact(t *testing.T) {
 		{"istio-install/base/kustomization.yaml", "- install.yaml", []string{"istio-install/base"}, "BUILD"},
 		{"istio-install/base/kustomization.yaml", "- path: patches/default-validator.yaml", []string{"oauth2-proxy"}, "F19"},
 		{"istio-install/base/kustomization.yaml", "- path: patches/validating-webhook.yaml", []string{"istio-install/base"}, "F19"},
-		{"istio-install/overlays/ambient-gke/kustomization.yaml", "- ../../components/ambient-gke", []string{"istio-install/overlays/ambient-gke"}, "F14"},
+		{"istio-install/overlays/ambient-gke/kustomization.yaml", "- ../../components/gke-cni", []string{"istio-install/overlays/ambient-gke"}, "F14"},
 		{"namespace-labels/ambient/namespaces.yaml", "    istio.io/dataplane-mode: ambient", []string{"istio-install/overlays/ambient"}, "A3"},
 		{"istio-install/components/ambient/kustomization.yaml", "- upstream", []string{"istio-install/overlays/ambient"}, "BUILD"},
 	}
