@@ -66,7 +66,9 @@ unchanged, pruned per object) to standard output.`,
 		Example: `  # Detect the platform and install the right overlay
   kfistio install
 
-  # Take over Kubeflow's Istio applied earlier with kubectl apply
+  # Take over Kubeflow's Istio applied earlier with kubectl apply: first see
+  # which objects change hands and which fields go, then do it
+  kfistio install --adopt --dry-run
   kfistio install --adopt
 
   # What would change, without changing anything

@@ -202,19 +202,42 @@ func TestAdopt(t *testing.T) {
 			}
 
 			o.Adopt = true
+			// The dry run writes nothing and previews the stale fields.
+			preview := o
+			preview.DryRun = true
+			dryIn, counter := admin(t)
+			dry, err := dryIn.Install(ctx, preview)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if w := counter.Writes(); w != 0 {
+				t.Errorf("install --adopt --dry-run made %d writes (%s)", w, counter)
+			}
+			previewed := change(dry, istiodKey)
+			if previewed == nil || previewed.Action != Adopted ||
+				!slices.ContainsFunc(previewed.Removed, func(f string) bool { return strings.Contains(f, "GOMEMLIMIT") }) {
+				t.Errorf("istiod in the dry run's change set: %+v", previewed)
+			}
+
 			cs, err := in.Install(ctx, o)
 			if err != nil {
 				t.Fatal(err)
 			}
-			var istiod *Change
-			for i := range cs {
-				if cs[i].Object == istiodKey {
-					istiod = &cs[i]
-				}
-			}
+			istiod := change(cs, istiodKey)
 			if istiod == nil || istiod.Action != Adopted || !strings.Contains(istiod.Note, mode.manager) ||
 				!slices.ContainsFunc(istiod.Removed, func(f string) bool { return strings.Contains(f, "GOMEMLIMIT") }) {
 				t.Errorf("istiod in the change set: %+v", istiod)
+			}
+			// The dry run named each object adopted and the fields removed.
+			dryChanges := actions(dry)
+			for _, c := range cs {
+				if c.Action != Adopted {
+					continue
+				}
+				p := change(dry, c.Object)
+				if p == nil || p.Action != Adopted || !slices.Equal(p.Removed, c.Removed) {
+					t.Errorf("%s: adopted removing %v; its dry run: %+v (%s)", c.Object, c.Removed, p, dryChanges[c.Object])
+				}
 			}
 			a := actions(cs)
 			if a["ServiceAccount/istio-system/istio-egressgateway-service-account"] != Pruned || a["Role/istio-system/istio-egressgateway-sds"] != Pruned {
@@ -352,4 +375,14 @@ func TestNamespaceBeingDeleted(t *testing.T) {
 	if w := counter.Writes() - before; w != 0 {
 		t.Errorf("%d writes (%s)", w, counter)
 	}
+}
+
+// change returns the entry of cs for the object key, nil when it has none.
+func change(cs ChangeSet, key string) *Change {
+	for i := range cs {
+		if cs[i].Object == key {
+			return &cs[i]
+		}
+	}
+	return nil
 }

@@ -349,7 +349,11 @@ func (r *run) applyAll(ctx context.Context, objs []*unstructured.Unstructured) e
 }
 
 // adoptOne takes obj over from the managers of f, then applies it, which
-// removes the fields the previous release set and this one does not.
+// removes the fields the previous release set and this one does not. A dry
+// run cannot apply over the adoption it only simulated, so it asks the
+// server what would stay: the dry-run apply over live, without the fields
+// that only the adopted managers own, sent as a dry-run update, which
+// defaults what the server defaults.
 func (r *run) adoptOne(ctx context.Context, obj, live *unstructured.Unstructured, f *owned) (Change, string, error) {
 	from := strings.Join(f.managers, ", ")
 	if from == "" {
@@ -360,18 +364,29 @@ func (r *run) adoptOne(ctx context.Context, obj, live *unstructured.Unstructured
 	if err != nil {
 		return Change{}, "", err
 	}
-	if r.o.DryRun {
-		return c, "", nil
-	}
 	res, body, err := r.in.request(obj)
 	if err != nil {
 		return Change{}, "", err
 	}
-	after, err := patch(ctx, res, obj, body, true, false)
+	after, err := patch(ctx, res, obj, body, true, r.o.DryRun)
 	if err != nil {
 		return Change{}, "", err
 	}
+	if r.o.DryRun {
+		trial, err := withoutAdopted(after, moved, f.managers)
+		if err != nil {
+			return Change{}, "", err
+		}
+		trial, err = res.Update(ctx, trial, metav1.UpdateOptions{FieldManager: FieldManager, DryRun: []string{metav1.DryRunAll}})
+		if err != nil {
+			return Change{}, "", fmt.Errorf("adopt %s: dry-run update without the fields of %s: %w", c.Object, from, err)
+		}
+		after = trial
+	}
 	c.Removed = staleFields(moved, after)
+	if r.o.DryRun {
+		return c, "", nil
+	}
 	return c, fingerprint(body, after), nil
 }
 

@@ -330,6 +330,84 @@ func staleFields(moved *fieldpath.Set, after *unstructured.Unstructured) []strin
 			gone.Insert(p)
 		}
 	})
+	return topPaths(gone)
+}
+
+// withoutAdopted returns a copy of o without the fields of moved that no
+// other entry than the named managers' (the adopted ones) holds, itself or
+// below it: what an apply by the only owner of moved that does not set them
+// leaves. Subresource entries count: a Deployment's revision annotation is
+// written through its status.
+func withoutAdopted(o *unstructured.Unstructured, moved *fieldpath.Set, managers []string) (*unstructured.Unstructured, error) {
+	kept := &fieldpath.Set{}
+	for _, e := range o.GetManagedFields() {
+		if e.Subresource == "" && slices.Contains(managers, e.Manager) {
+			continue
+		}
+		s, err := fieldSet(e)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", object.Key(o), err)
+		}
+		kept = kept.Union(s)
+	}
+	out := o.DeepCopy()
+	out.SetManagedFields(nil)
+	moved.Iterate(func(p fieldpath.Path) {
+		if !holds(kept, p) {
+			out.Object = removePath(out.Object, p).(map[string]any)
+		}
+	})
+	return out, nil
+}
+
+// holds reports whether s has the field at p or a field below it.
+func holds(s *fieldpath.Set, p fieldpath.Path) bool {
+	if s.Has(p) {
+		return true
+	}
+	for _, pe := range p {
+		s = s.WithPrefix(pe)
+	}
+	return !s.Empty()
+}
+
+// removePath removes the field at p from v and returns v; a path that v
+// does not have leaves it as it is.
+func removePath(v any, p fieldpath.Path) any {
+	if len(p) == 0 {
+		return v
+	}
+	pe := p[0]
+	if pe.FieldName != nil {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return v
+		}
+		if len(p) == 1 {
+			delete(m, *pe.FieldName)
+		} else if child, ok := m[*pe.FieldName]; ok {
+			m[*pe.FieldName] = removePath(child, p[1:])
+		}
+		return m
+	}
+	l, ok := v.([]any)
+	if !ok {
+		return v
+	}
+	i := itemIndex(l, pe)
+	if i < 0 {
+		return v
+	}
+	if len(p) == 1 {
+		return slices.Delete(l, i, i+1)
+	}
+	l[i] = removePath(l[i], p[1:])
+	return l
+}
+
+// topPaths names the fields of gone, each once at its top (an env entry,
+// not its name and value), sorted.
+func topPaths(gone *fieldpath.Set) []string {
 	var out []string
 	gone.Iterate(func(p fieldpath.Path) {
 		for i := 1; i < len(p); i++ {
@@ -355,18 +433,12 @@ func hasPath(v any, p fieldpath.Path) bool {
 			if v, ok = m[*pe.FieldName]; !ok {
 				return false
 			}
-		case pe.Index != nil:
-			l, ok := v.([]any)
-			if !ok || *pe.Index >= len(l) {
-				return false
-			}
-			v = l[*pe.Index]
 		default:
 			l, ok := v.([]any)
 			if !ok {
 				return false
 			}
-			i := slices.IndexFunc(l, func(item any) bool { return matches(pe, item) })
+			i := itemIndex(l, pe)
 			if i < 0 {
 				return false
 			}
@@ -374,6 +446,18 @@ func hasPath(v any, p fieldpath.Path) bool {
 		}
 	}
 	return true
+}
+
+// itemIndex returns the index of the item of l that pe names, by index, key
+// fields or value, or -1.
+func itemIndex(l []any, pe fieldpath.PathElement) int {
+	if pe.Index != nil {
+		if *pe.Index < len(l) {
+			return *pe.Index
+		}
+		return -1
+	}
+	return slices.IndexFunc(l, func(item any) bool { return matches(pe, item) })
 }
 
 // matches reports whether a list item is the one pe names, by its key

@@ -1,12 +1,17 @@
 package kube
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // RequestCounter counts the API requests that go through it, by verb. Pass
@@ -23,10 +28,35 @@ func (c *RequestCounter) Wrap(rt http.RoundTripper) http.RoundTripper {
 		if c.counts == nil {
 			c.counts = map[string]int{}
 		}
-		c.counts[Verb(r.Method, r.URL)]++
+		v := Verb(r.Method, r.URL)
+		if r.Method == http.MethodDelete && !strings.HasSuffix(v, dryRunSuffix) && deleteDryRun(r) {
+			v += dryRunSuffix
+		}
+		c.counts[v]++
 		c.mu.Unlock()
 		return rt.RoundTrip(r)
 	})
+}
+
+const dryRunSuffix = " (dry run)"
+
+// deleteDryRun reports whether a DELETE asks for a dry run in its body, where
+// client-go sends the DeleteOptions, read from a copy of the body.
+func deleteDryRun(r *http.Request) bool {
+	if r.GetBody == nil {
+		return false
+	}
+	body, err := r.GetBody()
+	if err != nil {
+		return false
+	}
+	defer func() { _ = body.Close() }()
+	var opts metav1.DeleteOptions
+	data, err := io.ReadAll(body)
+	if err != nil || json.Unmarshal(data, &opts) != nil {
+		return false
+	}
+	return slices.Contains(opts.DryRun, metav1.DryRunAll)
 }
 
 type roundTripper func(*http.Request) (*http.Response, error)
@@ -57,8 +87,8 @@ func Verb(method string, u *url.URL) string {
 	case http.MethodPut:
 		v = "update"
 	}
-	if q.Get("dryRun") == "All" {
-		v += " (dry run)"
+	if q.Get("dryRun") == metav1.DryRunAll {
+		v += dryRunSuffix
 	}
 	if isLease(u.Path) {
 		v = "lease " + v
@@ -123,7 +153,7 @@ func (c *RequestCounter) Counts() map[string]int {
 func (c *RequestCounter) Writes() int {
 	n := 0
 	for v, count := range c.Counts() {
-		if !strings.HasSuffix(v, "(dry run)") && (v == "create" || v == "update" || v == "patch" || v == "delete") {
+		if !strings.HasSuffix(v, dryRunSuffix) && (v == "create" || v == "update" || v == "patch" || v == "delete") {
 			n += count
 		}
 	}

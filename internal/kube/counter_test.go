@@ -1,7 +1,9 @@
 package kube
 
 import (
+	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 )
 
@@ -38,6 +40,27 @@ func TestVerb(t *testing.T) {
 		if got := Verb(method, u); got != want {
 			t.Errorf("%s: got %q, want %q", in, got, want)
 		}
+	}
+}
+
+// A dry-run delete carries its DeleteOptions in the body, as client-go
+// sends them: it is counted as a dry run, and a plain delete as a write.
+func TestDeleteDryRun(t *testing.T) {
+	c := &RequestCounter{}
+	rt := c.Wrap(roundTripper(func(*http.Request) (*http.Response, error) {
+		return &http.Response{StatusCode: http.StatusOK, Body: http.NoBody}, nil
+	}))
+	for _, body := range []string{`{"dryRun":["All"],"propagationPolicy":"Foreground"}`, `{"propagationPolicy":"Foreground"}`, ""} {
+		r, err := http.NewRequest(http.MethodDelete, "https://127.0.0.1/api/v1/namespaces/x/configmaps/y", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rt.RoundTrip(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := c.Counts(); got["delete (dry run)"] != 1 || got["delete"] != 2 || c.Writes() != 2 {
+		t.Errorf("counts %v, %d writes; want one dry-run delete and two deletes", got, c.Writes())
 	}
 }
 
