@@ -378,31 +378,27 @@ func removePath(v any, p fieldpath.Path) any {
 		return v
 	}
 	pe := p[0]
-	if pe.FieldName != nil {
-		m, ok := v.(map[string]any)
-		if !ok {
+	switch c := v.(type) {
+	case map[string]any:
+		if pe.FieldName == nil {
 			return v
 		}
 		if len(p) == 1 {
-			delete(m, *pe.FieldName)
-		} else if child, ok := m[*pe.FieldName]; ok {
-			m[*pe.FieldName] = removePath(child, p[1:])
+			delete(c, *pe.FieldName)
+		} else if x, ok := c[*pe.FieldName]; ok {
+			c[*pe.FieldName] = removePath(x, p[1:])
 		}
-		return m
+	case []any:
+		i := itemIndex(c, pe)
+		if i < 0 {
+			return v
+		}
+		if len(p) == 1 {
+			return slices.Delete(c, i, i+1)
+		}
+		c[i] = removePath(c[i], p[1:])
 	}
-	l, ok := v.([]any)
-	if !ok {
-		return v
-	}
-	i := itemIndex(l, pe)
-	if i < 0 {
-		return v
-	}
-	if len(p) == 1 {
-		return slices.Delete(l, i, i+1)
-	}
-	l[i] = removePath(l[i], p[1:])
-	return l
+	return v
 }
 
 // topPaths names the fields of gone, each once at its top (an env entry,
@@ -424,25 +420,23 @@ func topPaths(gone *fieldpath.Set) []string {
 // hasPath reports whether the object v has the field at p.
 func hasPath(v any, p fieldpath.Path) bool {
 	for _, pe := range p {
-		switch {
-		case pe.FieldName != nil:
-			m, ok := v.(map[string]any)
-			if !ok {
+		switch c := v.(type) {
+		case map[string]any:
+			if pe.FieldName == nil {
 				return false
 			}
-			if v, ok = m[*pe.FieldName]; !ok {
+			var ok bool
+			if v, ok = c[*pe.FieldName]; !ok {
 				return false
 			}
-		default:
-			l, ok := v.([]any)
-			if !ok {
-				return false
-			}
-			i := itemIndex(l, pe)
+		case []any:
+			i := itemIndex(c, pe)
 			if i < 0 {
 				return false
 			}
-			v = l[i]
+			v = c[i]
+		default:
+			return false
 		}
 	}
 	return true

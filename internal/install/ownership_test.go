@@ -88,3 +88,59 @@ func TestStaleFields(t *testing.T) {
 		t.Errorf("stale %v while the object still has them", got)
 	}
 }
+
+// The dry run of an adoption removes what only the adopted managers hold:
+// GOMEMLIMIT goes, the container kfistio also applies stays, and so does a
+// field another manager writes through a subresource.
+func TestWithoutAdopted(t *testing.T) {
+	moved, err := fieldSet(entry("kubectl", metav1.ManagedFieldsOperationApply, envLimit))
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := &unstructured.Unstructured{Object: map[string]any{"spec": map[string]any{"template": map[string]any{"spec": map[string]any{
+		"containers": []any{map[string]any{"name": "discovery", "image": "pilot", "env": []any{
+			map[string]any{"name": "DEBUG", "value": "1"}, map[string]any{"name": "GOMEMLIMIT", "value": "1"},
+		}}}}}}}}
+	status := entry("istiod", metav1.ManagedFieldsOperationUpdate, envLimit)
+	status.Subresource = "status"
+	for _, c := range []struct {
+		name    string
+		entries []metav1.ManagedFieldsEntry
+		env     []string
+	}{
+		{"kfistio sets DEBUG", []metav1.ManagedFieldsEntry{entry("kubectl", metav1.ManagedFieldsOperationApply, envLimit), entry("kfistio", metav1.ManagedFieldsOperationApply, envDebug)}, []string{"DEBUG"}},
+		{"a subresource writer holds GOMEMLIMIT", []metav1.ManagedFieldsEntry{entry("kubectl", metav1.ManagedFieldsOperationApply, envLimit), status}, []string{"DEBUG", "GOMEMLIMIT"}},
+	} {
+		o := live.DeepCopy()
+		o.SetManagedFields(c.entries)
+		out, err := withoutAdopted(o, moved, []string{"kubectl"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, image := envNames(out), containerField(out, "image"); !slices.Equal(got, c.env) || image != "pilot" || out.GetManagedFields() != nil {
+			t.Errorf("%s: env %v, image %v, managedFields %v; want env %v", c.name, got, image, out.GetManagedFields(), c.env)
+		}
+		if got := envNames(o); len(got) != 2 {
+			t.Errorf("%s: withoutAdopted changed its input: env %v", c.name, got)
+		}
+	}
+}
+
+// containerField returns the field of the first container of a pod template.
+func containerField(o *unstructured.Unstructured, name string) any {
+	cs, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+	if len(cs) == 0 {
+		return nil
+	}
+	return cs[0].(map[string]any)[name]
+}
+
+// envNames lists the env names of the first container of a pod template.
+func envNames(o *unstructured.Unstructured) []string {
+	env, _ := containerField(o, "env").([]any)
+	var out []string
+	for _, e := range env {
+		out = append(out, e.(map[string]any)["name"].(string))
+	}
+	return out
+}
