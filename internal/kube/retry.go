@@ -28,6 +28,13 @@ var retryBackoff = wait.Backoff{Duration: 200 * time.Millisecond, Factor: 2, Jit
 // maxRetryAfter caps how long a Retry-After answer makes a request wait.
 const maxRetryAfter = 30 * time.Second
 
+// AttemptTimeout bounds how long one attempt of a retried request waits for
+// its answer to begin: longer than the API server's own limit for requests
+// (60 s, after which it answers 504 itself), so only an answer that will not
+// come is cut, such as from a proxy that keeps the connection but lost the
+// server. Reading the answer, a watch's included, is not bounded.
+var AttemptTimeout = 75 * time.Second
+
 type noRetryKey struct{}
 
 // WithoutRetries marks the requests made with ctx to be sent once: polls,
@@ -53,7 +60,8 @@ func (e *RetryError) Error() string {
 // retrying wraps rt so that idempotent requests are sent again, with
 // backoff, after a transient failure: 429 and 5xx answers (waiting as long
 // as their Retry-After says, which is how the server's priority and fairness
-// pushes back), a reset or refused connection, a timeout. client-go retries
+// pushes back), a reset or refused connection, a timeout, no answer within
+// AttemptTimeout. client-go retries
 // some of these itself (429 with Retry-After, GETs whose connection broke);
 // the error of the last attempt says that it was the last, so that it does
 // not.
@@ -72,8 +80,11 @@ func retrying(rt http.RoundTripper) http.RoundTripper {
 				r = r.Clone(r.Context())
 				r.Body = body
 			}
-			resp, err := rt.RoundTrip(r)
+			resp, err, late := sendOnce(rt, r)
 			why, after := transient(r.Context(), resp, err)
+			if late {
+				why = fmt.Sprintf("no answer within %s", AttemptTimeout)
+			}
 			if why == "" {
 				return resp, err
 			}
@@ -99,6 +110,41 @@ func retrying(rt http.RoundTripper) http.RoundTripper {
 			}
 		}
 	})
+}
+
+// sendOnce sends r once, cut when its answer does not begin within
+// AttemptTimeout (late is then true); the answer's body is read under r's
+// own context.
+func sendOnce(rt http.RoundTripper, r *http.Request) (_ *http.Response, _ error, late bool) {
+	ctx, cancel := context.WithCancel(r.Context())
+	timer := time.AfterFunc(AttemptTimeout, cancel)
+	resp, err := rt.RoundTrip(r.WithContext(ctx))
+	if !timer.Stop() {
+		// Cut: whatever came is abandoned.
+		if resp != nil {
+			_ = resp.Body.Close()
+		}
+		cancel()
+		return nil, ctx.Err(), r.Context().Err() == nil
+	}
+	if err != nil {
+		cancel()
+		return nil, err, false
+	}
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil, false
+}
+
+// cancelOnClose releases an attempt's context when its answer is closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelOnClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
 }
 
 // idempotent reports whether sending r twice does what sending it once

@@ -1,12 +1,14 @@
 package kube
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // answers is a transport that gives its answers in turn, counting requests.
@@ -91,5 +93,59 @@ func TestRetryingLeavesTheRest(t *testing.T) {
 	a = &answers{list: []func() (*http.Response, error){answer(503)}}
 	if resp, err := retrying(a).RoundTrip(get); err != nil || resp.StatusCode != 503 || a.sent != 1 {
 		t.Errorf("a poll was retried: %v, %v, %d sent", resp, err, a.sent)
+	}
+}
+
+// silent is a transport whose first requests get no answer until they are
+// cut; later ones get an answer whose body is read after the request
+// returned.
+type silent struct {
+	quiet int
+	sent  int
+	done  []context.Context
+}
+
+func (s *silent) RoundTrip(r *http.Request) (*http.Response, error) {
+	s.sent++
+	s.done = append(s.done, r.Context())
+	if s.sent <= s.quiet {
+		<-r.Context().Done()
+		return nil, r.Context().Err()
+	}
+	return status(200, ""), nil
+}
+
+// An attempt that gets no answer within AttemptTimeout is cut and sent
+// again; four such are survived and the fifth ends the request, naming the
+// wait. An answer's body stays readable after the request returned, and
+// closing it releases the attempt.
+func TestRetryingCutsSilence(t *testing.T) {
+	old := AttemptTimeout
+	AttemptTimeout = 20 * time.Millisecond
+	t.Cleanup(func() { AttemptTimeout = old })
+
+	s := &silent{quiet: Attempts - 1}
+	get, _ := http.NewRequest(http.MethodGet, "https://127.0.0.1/api/v1/namespaces", nil)
+	resp, err := retrying(s).RoundTrip(get)
+	if err != nil || s.sent != Attempts {
+		t.Fatalf("after four silent attempts: %v, %d sent", err, s.sent)
+	}
+	if b, err := io.ReadAll(resp.Body); err != nil || !strings.Contains(string(b), "busy") {
+		t.Errorf("the answer's body: %q, %v", b, err)
+	}
+	last := s.done[len(s.done)-1]
+	if last.Err() != nil {
+		t.Errorf("the answer's context ended before its body was closed: %v", last.Err())
+	}
+	_ = resp.Body.Close()
+	if last.Err() == nil {
+		t.Errorf("closing the answer did not release its attempt")
+	}
+
+	s = &silent{quiet: Attempts}
+	_, err = retrying(s).RoundTrip(get)
+	var re *RetryError
+	if !errors.As(err, &re) || s.sent != Attempts || !strings.Contains(err.Error(), "no answer within 20ms") {
+		t.Fatalf("after five silent attempts: %v, %d sent", err, s.sent)
 	}
 }
