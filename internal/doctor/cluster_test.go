@@ -213,6 +213,25 @@ spec:
     image: registry.example.com/app:1
   - name: istio-proxy
     image: gcr.io/istio-release/proxyv2:1.28.3
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: old-deployment
+  namespace: apps
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: old}
+  template:
+    metadata:
+      labels: {app: old}
+    spec:
+      containers:
+      - name: app
+        image: registry.example.com/app:1
+      - name: istio-proxy
+        image: gcr.io/istio-release/proxyv2:1.28.3
 `)
 		defer func() {
 			// No kubelet serves node-gone: the stuck pod goes only when forced.
@@ -246,12 +265,22 @@ spec:
 		}
 		// What install prints after an upgrade: the same pods, with what
 		// to run; the pod without a proxy is not among them.
-		stale, err := StaleProxies(ctx, client, "1.29.1")
-		if err != nil {
-			t.Fatal(err)
+		// The Deployment's pods, found through its ReplicaSet, are one
+		// workload with one command.
+		var stale []StaleWorkload
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(500 * time.Millisecond) {
+			stale, err = StaleProxies(ctx, client, "1.29.1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(stale) == 2 && len(stale[0].Pods) == 2 || time.Now().After(deadline) {
+				break
+			}
 		}
-		if len(stale) != 1 || stale[0].Workload != "Pod/apps/old-proxy" || stale[0].Proxy != "1.28.3" ||
-			stale[0].Restart != "kubectl get pod -n apps old-proxy -o yaml | kubectl replace --force -f -" {
+		if len(stale) != 2 || stale[0].Workload != "Deployment/apps/old-deployment" || len(stale[0].Pods) != 2 ||
+			stale[0].Restart != "kubectl rollout restart -n apps deployment/old-deployment" ||
+			stale[1].Workload != "Pod/apps/old-proxy" || stale[1].Proxy != "1.28.3" ||
+			stale[1].Restart != "kubectl get pod -n apps old-proxy -o yaml | kubectl replace --force -f -" {
 			t.Errorf("stale proxies %+v", stale)
 		}
 		if !hasFinding(r, StuckInit, "Pod/apps/stuck", "stuck in istio-validation: it keeps failing") {

@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kubeflow/kfistio/internal/inject"
@@ -52,10 +51,14 @@ func proxyRelease(p *corev1.Pod) (string, bool) {
 	return "", false
 }
 
-// owners finds what restarts a pod, reading each ReplicaSet once.
+// owners finds what restarts a pod, listing the ReplicaSets of each
+// namespace once.
 type owners struct {
-	c           *kube.Client
-	replicaSets map[string]string
+	c *kube.Client
+	// deployments names the Deployment of each ReplicaSet (namespace/name)
+	// of the namespaces in listed.
+	deployments map[string]string
+	listed      map[string]bool
 }
 
 func (o *owners) stale(ctx context.Context, pods []corev1.Pod, release string) ([]StaleWorkload, error) {
@@ -86,6 +89,27 @@ func (o *owners) stale(ctx context.Context, pods []corev1.Pod, release string) (
 	return out, nil
 }
 
+// listReplicaSets reads the ReplicaSets of namespace ns, once.
+func (o *owners) listReplicaSets(ctx context.Context, ns string) error {
+	if o.listed[ns] {
+		return nil
+	}
+	list, err := o.c.Kube.AppsV1().ReplicaSets(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list ReplicaSets in namespace %s: %w", ns, err)
+	}
+	if o.listed == nil {
+		o.listed, o.deployments = map[string]bool{}, map[string]string{}
+	}
+	o.listed[ns] = true
+	for i := range list.Items {
+		if ref := metav1.GetControllerOf(&list.Items[i]); ref != nil && ref.Kind == "Deployment" {
+			o.deployments[ns+"/"+list.Items[i].Name] = ref.Name
+		}
+	}
+	return nil
+}
+
 // workload returns the key of what restarts p and the command that does.
 func (o *owners) workload(ctx context.Context, p *corev1.Pod) (string, string, error) {
 	kind, name := "", ""
@@ -93,24 +117,10 @@ func (o *owners) workload(ctx context.Context, p *corev1.Pod) (string, string, e
 		kind, name = ref.Kind, ref.Name
 	}
 	if kind == "ReplicaSet" {
-		rsKey := p.Namespace + "/" + name
-		dep, seen := o.replicaSets[rsKey]
-		if !seen {
-			rs, err := o.c.Kube.AppsV1().ReplicaSets(p.Namespace).Get(ctx, name, metav1.GetOptions{})
-			switch {
-			case apierrors.IsNotFound(err):
-			case err != nil:
-				return "", "", fmt.Errorf("get ReplicaSet/%s: %w", rsKey, err)
-			default:
-				if ref := metav1.GetControllerOf(rs); ref != nil && ref.Kind == "Deployment" {
-					dep = ref.Name
-				}
-			}
-			if o.replicaSets == nil {
-				o.replicaSets = map[string]string{}
-			}
-			o.replicaSets[rsKey] = dep
+		if err := o.listReplicaSets(ctx, p.Namespace); err != nil {
+			return "", "", err
 		}
+		dep := o.deployments[p.Namespace+"/"+name]
 		kind, name = "Deployment", dep
 		if dep == "" {
 			kind = ""
