@@ -384,9 +384,6 @@ func (r *run) adoptOne(ctx context.Context, obj, live *unstructured.Unstructured
 		after = trial
 	}
 	c.Removed = staleFields(moved, after)
-	if r.o.DryRun {
-		return c, "", nil
-	}
 	return c, fingerprint(body, after), nil
 }
 

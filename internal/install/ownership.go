@@ -330,7 +330,17 @@ func staleFields(moved *fieldpath.Set, after *unstructured.Unstructured) []strin
 			gone.Insert(p)
 		}
 	})
-	return topPaths(gone)
+	var out []string
+	gone.Iterate(func(p fieldpath.Path) {
+		for i := 1; i < len(p); i++ {
+			if gone.Has(p[:i]) {
+				return
+			}
+		}
+		out = append(out, p.String())
+	})
+	sort.Strings(out)
+	return out
 }
 
 // withoutAdopted returns a copy of o without the fields of moved that no
@@ -399,22 +409,6 @@ func removePath(v any, p fieldpath.Path) any {
 		c[i] = removePath(c[i], p[1:])
 	}
 	return v
-}
-
-// topPaths names the fields of gone, each once at its top (an env entry,
-// not its name and value), sorted.
-func topPaths(gone *fieldpath.Set) []string {
-	var out []string
-	gone.Iterate(func(p fieldpath.Path) {
-		for i := 1; i < len(p); i++ {
-			if gone.Has(p[:i]) {
-				return
-			}
-		}
-		out = append(out, p.String())
-	})
-	sort.Strings(out)
-	return out
 }
 
 // hasPath reports whether the object v has the field at p.

@@ -80,7 +80,7 @@ func retrying(rt http.RoundTripper) http.RoundTripper {
 				r = r.Clone(r.Context())
 				r.Body = body
 			}
-			resp, err, late := sendOnce(rt, r)
+			resp, late, err := sendOnce(rt, r)
 			why, after := transient(r.Context(), resp, err)
 			if late {
 				why = fmt.Sprintf("no answer within %s", AttemptTimeout)
@@ -115,7 +115,7 @@ func retrying(rt http.RoundTripper) http.RoundTripper {
 // sendOnce sends r once, cut when its answer does not begin within
 // AttemptTimeout (late is then true); the answer's body is read under r's
 // own context.
-func sendOnce(rt http.RoundTripper, r *http.Request) (_ *http.Response, _ error, late bool) {
+func sendOnce(rt http.RoundTripper, r *http.Request) (_ *http.Response, late bool, _ error) {
 	ctx, cancel := context.WithCancel(r.Context())
 	timer := time.AfterFunc(AttemptTimeout, cancel)
 	resp, err := rt.RoundTrip(r.WithContext(ctx))
@@ -125,14 +125,14 @@ func sendOnce(rt http.RoundTripper, r *http.Request) (_ *http.Response, _ error,
 			_ = resp.Body.Close()
 		}
 		cancel()
-		return nil, ctx.Err(), r.Context().Err() == nil
+		return nil, r.Context().Err() == nil, ctx.Err()
 	}
 	if err != nil {
 		cancel()
-		return nil, err, false
+		return nil, false, err
 	}
 	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
-	return resp, nil, false
+	return resp, false, nil
 }
 
 // cancelOnClose releases an attempt's context when its answer is closed.
