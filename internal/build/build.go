@@ -35,7 +35,11 @@ type Overlay struct {
 	GKEOf string
 	// Ambient is true for the overlays of Istio's ambient mode (ztunnel).
 	Ambient bool
-	Help    string
+	// RevisionPath is the overlay with its control plane as revision
+	// upstream.Revision, for an upgrade by revision; empty when there is
+	// none (the ambient overlays: ztunnel is upgraded in place only).
+	RevisionPath string
+	Help         string
 }
 
 // LabelsDir is the namespace-labels directory of o: the labels o needs on
@@ -61,11 +65,11 @@ const DefaultOverlay = "oauth2-proxy"
 // Overlays lists the install overlays, the default first.
 var Overlays = []Overlay{
 	{Name: "oauth2-proxy", Path: "istio-install/overlays/oauth2-proxy", CNI: true, OAuth2Proxy: true,
-		Help: "Istio CNI and oauth2-proxy external authorization (default)"},
+		RevisionPath: "istio-install/revision/oauth2-proxy", Help: "Istio CNI and oauth2-proxy external authorization (default)"},
 	{Name: "gke", Path: "istio-install/overlays/gke", CNI: true, OAuth2Proxy: true, GKE: true, GKEOf: "oauth2-proxy",
-		Help: "oauth2-proxy with the CNI binary directory of GKE"},
+		RevisionPath: "istio-install/revision/gke", Help: "oauth2-proxy with the CNI binary directory of GKE"},
 	{Name: "insecure", Path: "istio-install/overlays/insecure", CNI: false, OAuth2Proxy: true,
-		Help: "no CNI: privileged istio-init containers, for clusters without CNI support"},
+		RevisionPath: "istio-install/revision/insecure", Help: "no CNI: privileged istio-init containers, for clusters without CNI support"},
 	{Name: "ambient", Path: "istio-install/overlays/ambient", CNI: true, Ambient: true,
 		Help: "ambient mode (ztunnel, no sidecars) without external authorization"},
 	{Name: "ambient-gke", Path: "istio-install/overlays/ambient-gke", CNI: true, Ambient: true, GKE: true, GKEOf: "ambient",

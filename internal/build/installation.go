@@ -8,19 +8,24 @@ import (
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
+
+	"github.com/kubeflow/kfistio/internal/upstream"
 )
 
 // Tree directories that an installation combines with an install overlay.
 const (
-	CRDsDir              = "istio-crds/base"
-	InsecureLabelsDir    = "namespace-labels/insecure"
-	AmbientLabelsDir     = "namespace-labels/ambient"
-	InstallBaseDir       = "istio-install/base"
-	ExampleDir           = "example"
-	NamespaceDir         = "istio-namespace/base"
-	ClusterLocalGateway  = "cluster-local-gateway/base"
-	ClusterLocalM2MAuth  = "cluster-local-gateway/overlays/m2m-auth"
-	KubeflowResourcesDir = "kubeflow-istio-resources/base"
+	CRDsDir             = "istio-crds/base"
+	InsecureLabelsDir   = "namespace-labels/insecure"
+	AmbientLabelsDir    = "namespace-labels/ambient"
+	InstallBaseDir      = "istio-install/base"
+	ExampleDir          = "example"
+	NamespaceDir        = "istio-namespace/base"
+	ClusterLocalGateway = "cluster-local-gateway/base"
+	ClusterLocalM2MAuth = "cluster-local-gateway/overlays/m2m-auth"
+	// The cluster-local gateway on the control plane revision.
+	ClusterLocalGatewayRevision = "cluster-local-gateway/revision/base"
+	ClusterLocalM2MAuthRevision = "cluster-local-gateway/revision/m2m-auth"
+	KubeflowResourcesDir        = "kubeflow-istio-resources/base"
 )
 
 // Installation is what `kfistio install` applies: the CRDs, the namespace, an
@@ -36,6 +41,10 @@ type Installation struct {
 	// Components are opt-in components of istio-install/components
 	// (OptionalComponents) applied to the whole installation.
 	Components []string
+	// Revision, when set, is the control plane revision of the tree
+	// (upstream.Revision): the overlay's revision twin, with the default tag
+	// pointing at it, and the gateways on it.
+	Revision string
 }
 
 // OptionalComponents are the components of istio-install/components that an
@@ -62,22 +71,48 @@ func (in Installation) Dirs() ([]string, error) {
 	if !ok {
 		return nil, unknownOverlay(in.Overlay)
 	}
-	dirs := []string{CRDsDir, NamespaceDir, o.Path}
+	if in.Revision == "" {
+		dirs := []string{CRDsDir, NamespaceDir, o.Path}
+		switch {
+		case in.M2MAuth:
+			dirs = append(dirs, ClusterLocalM2MAuth)
+		case in.ClusterLocalGateway:
+			dirs = append(dirs, ClusterLocalGateway)
+		}
+		return in.withKubeflowResources(dirs), nil
+	}
+	switch {
+	case in.Revision != upstream.Revision:
+		return nil, fmt.Errorf("the tree holds the control plane of Istio %s as revision %s, not %s", upstream.Release, upstream.Revision, in.Revision)
+	case o.RevisionPath == "":
+		return nil, fmt.Errorf("overlay %s has no revision: %s", in.Overlay, NoRevisionReason)
+	}
+	dirs := []string{CRDsDir, NamespaceDir, o.RevisionPath}
 	switch {
 	case in.M2MAuth:
-		dirs = append(dirs, ClusterLocalM2MAuth)
+		dirs = append(dirs, ClusterLocalM2MAuthRevision)
 	case in.ClusterLocalGateway:
-		dirs = append(dirs, ClusterLocalGateway)
+		dirs = append(dirs, ClusterLocalGatewayRevision)
 	}
+	return in.withKubeflowResources(dirs), nil
+}
+
+// NoRevisionReason says why the ambient overlays have no revision.
+const NoRevisionReason = "in ambient mode ztunnel and the CNI node agent serve every pod of a node and Istio upgrades them in place only; upgrade an ambient installation in place, one minor release at a time"
+
+func (in Installation) withKubeflowResources(dirs []string) []string {
 	if in.KubeflowResources {
 		dirs = append(dirs, KubeflowResourcesDir)
 	}
-	return dirs, nil
+	return dirs
 }
 
 // Name says what in. is, for messages: the overlay and its optional parts.
 func (in Installation) Name() string {
 	n := in.Overlay
+	if in.Revision != "" {
+		n += "@" + in.Revision
+	}
 	switch {
 	case in.M2MAuth:
 		n += "+cluster-local-gateway(m2m-auth)"
@@ -102,7 +137,7 @@ func (t *Tree) BuildInstallation(in Installation) (*Result, error) {
 		return nil, err
 	}
 	// The kustomization lives next to the tree, never in it.
-	dir := path.Join(path.Dir(t.root), ".kfistio-installation", strings.NewReplacer("+", "_", "(", "_", ")", "").Replace(in.Name()))
+	dir := path.Join(path.Dir(t.root), ".kfistio-installation", strings.NewReplacer("+", "_", "(", "_", ")", "", "@", "_").Replace(in.Name()))
 	var resources, components []string
 	for _, d := range dirs {
 		resources = append(resources, path.Join("../..", path.Base(t.root), d))

@@ -25,6 +25,7 @@ import (
 	"github.com/kubeflow/kfistio/internal/kube"
 	"github.com/kubeflow/kfistio/internal/object"
 	"github.com/kubeflow/kfistio/internal/podsecurity"
+	"github.com/kubeflow/kfistio/internal/revision"
 )
 
 // Finding ids of cluster checks.
@@ -49,18 +50,24 @@ const (
 // injected namespaces.
 func CheckCluster(ctx context.Context, c *kube.Client) (*Report, error) {
 	r := &Report{}
-	istiod, err := c.Kube.AppsV1().Deployments(istioNamespace).Get(ctx, inject.IstiodDeployment, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		r.Findings = append(r.Findings, Finding{ID: NoControlPlane, Severity: Error, Object: object.KeyOf("Deployment", istioNamespace, inject.IstiodDeployment),
-			Source: "cluster", Reason: "istiod is not installed, so nothing is injected or configured", Fix: "run kfistio install"})
+	cps, err := (&install.Installer{Client: c}).ControlPlanes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cp := install.DefaultControlPlane(cps)
+	if cp == nil {
+		f := Finding{ID: NoControlPlane, Severity: Error, Object: object.KeyOf("Deployment", istioNamespace, revision.NamesOf(revision.Default).Istiod),
+			Source: "cluster", Reason: "istiod is not installed, so nothing is injected or configured", Fix: "run kfistio install"}
+		if len(cps) > 0 {
+			f.Reason = fmt.Sprintf("%d istiod revisions run and none injects namespaces labelled istio-injection=enabled", len(cps))
+			f.Fix = "point the default tag at a revision (kfistio upgrade switch, or kfistio upgrade rollback)"
+		}
+		r.Findings = append(r.Findings, f)
 		r.Checked = 1
 		return r, nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("get Deployment/%s/%s: %w", istioNamespace, inject.IstiodDeployment, err)
-	}
 	cl := &clusterCheck{c: c, r: r}
-	if err := cl.load(ctx, istiod); err != nil {
+	if err := cl.load(ctx, cp); err != nil {
 		return nil, err
 	}
 	for _, check := range []func(context.Context) error{
@@ -84,6 +91,8 @@ type clusterCheck struct {
 	cni      bool
 	release  string
 	overlay  string
+	// istiod is the name of its Deployment.
+	istiod string
 	// mesh are the objects that decide where sidecars send traffic.
 	mesh []*unstructured.Unstructured
 	// What several checks read, read once: the CNI DaemonSet (nil when
@@ -99,24 +108,25 @@ func (cl *clusterCheck) add(id string, sev Severity, key, reason, fix string) {
 	cl.r.Findings = append(cl.r.Findings, Finding{ID: id, Severity: sev, Object: key, Source: "cluster", Reason: reason, Fix: fix})
 }
 
-// load reads the installation: the injector's ConfigMaps, istiod, the
-// kfistio inventory, and the Istio objects that decide where traffic goes.
-func (cl *clusterCheck) load(ctx context.Context, istiod *appsv1.Deployment) error {
+// load reads the installation of the default control plane cp: its
+// injector's ConfigMaps, istiod, the kfistio inventory, and the Istio objects
+// that decide where traffic goes.
+func (cl *clusterCheck) load(ctx context.Context, cp *install.ControlPlane) error {
 	var objs []*unstructured.Unstructured
-	for _, name := range []string{inject.InjectorConfigMap, inject.MeshConfigMap} {
+	for _, name := range []string{cp.Names().Injector, cp.Names().Mesh} {
 		cm, err := cl.c.Kube.CoreV1().ConfigMaps(istioNamespace).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return fmt.Errorf("get ConfigMap/%s/%s: %w", istioNamespace, name, err)
 		}
 		objs = append(objs, typed(cm, "v1", "ConfigMap"))
 	}
-	objs = append(objs, typed(istiod, "apps/v1", "Deployment"))
+	objs = append(objs, typed(cp.Deployment, "apps/v1", "Deployment"))
 	in, err := inject.New(objs)
 	if err != nil {
 		return err
 	}
 	cl.injector = in
-	_, cl.release = inject.IstiodRelease(&istiod.Spec.Template.Spec)
+	cl.release, cl.istiod = cp.Release, cp.Deployment.Name
 	cl.cni = injectorUsesCNI(objs[0])
 	if inv, err := (&install.Installer{Client: cl.c}).ReadInventory(ctx); err == nil {
 		cl.overlay = inv.Overlay
@@ -275,14 +285,14 @@ func (cl *clusterCheck) gkeOverlay(context.Context) error {
 // native sidecar: sidecar containers are beta and on by default from 1.29,
 // alpha behind the SidecarContainers gate in 1.28, absent before.
 func (cl *clusterCheck) nativeSidecars(context.Context) error {
-	f := nativeSidecarFinding(cl.c.Version, cl.injector.NativeSidecars)
+	f := nativeSidecarFinding(cl.c.Version, cl.injector.NativeSidecars, cl.istiod)
 	if f != nil {
 		cl.r.Findings = append(cl.r.Findings, *f)
 	}
 	return nil
 }
 
-func nativeSidecarFinding(serverVersion, setting string) *Finding {
+func nativeSidecarFinding(serverVersion, setting, istiod string) *Finding {
 	if setting != "true" {
 		return nil
 	}
@@ -290,7 +300,7 @@ func nativeSidecarFinding(serverVersion, setting string) *Finding {
 	if err != nil {
 		return nil
 	}
-	key := object.KeyOf("Deployment", istioNamespace, inject.IstiodDeployment)
+	key := object.KeyOf("Deployment", istioNamespace, istiod)
 	switch {
 	case v.LessThan(version.MajorMinor(1, 28)):
 		return &Finding{ID: NativeSidecars, Severity: Error, Object: key, Source: "cluster",

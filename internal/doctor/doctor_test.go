@@ -250,7 +250,7 @@ func TestNetworkEvidence(t *testing.T) {
 
 func TestNativeSidecarVersions(t *testing.T) {
 	for v, want := range map[string]Severity{"v1.27.9": Error, "v1.28.3-gke.100": Warning, "v1.29.0": "", "v1.37.2": ""} {
-		f := nativeSidecarFinding(v, "true")
+		f := nativeSidecarFinding(v, "true", "istiod")
 		got := Severity("")
 		if f != nil {
 			got = f.Severity
@@ -259,7 +259,7 @@ func TestNativeSidecarVersions(t *testing.T) {
 			t.Errorf("%s: %q, want %q", v, got, want)
 		}
 	}
-	if nativeSidecarFinding("v1.27.0", "false") != nil {
+	if nativeSidecarFinding("v1.27.0", "false", "istiod") != nil {
 		t.Error("a finding although native sidecars are off")
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/kubeflow/kfistio/internal/inject"
 	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/revision"
 )
 
 // registryOnly is the outbound traffic policy under which a sidecar refuses
@@ -56,7 +57,7 @@ func isTrafficObject(o *unstructured.Unstructured) bool {
 }
 
 func isMeshConfig(o *unstructured.Unstructured) bool {
-	return o.GetKind() == "ConfigMap" && o.GetNamespace() == inject.Namespace && o.GetName() == inject.MeshConfigMap
+	return o.GetKind() == "ConfigMap" && o.GetNamespace() == inject.Namespace && o.GetName() == revision.NamesOf(revision.OfObject(o)).Mesh
 }
 
 // newTraffic reads the rules of objs; of objects with the same key, the last

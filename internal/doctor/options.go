@@ -1,6 +1,7 @@
 package doctor
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/kubeflow/kfistio/internal/inject"
 	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/revision"
 )
 
 // InstallationOptions are the options for manifests that will run under the
@@ -55,9 +57,8 @@ func InstallationOptions(objs []*unstructured.Unstructured, nativeSidecars *bool
 // withNativeSidecars is objs with istiod's ENABLE_NATIVE_SIDECARS set to on.
 func withNativeSidecars(objs []*unstructured.Unstructured, on bool) ([]*unstructured.Unstructured, error) {
 	out := slices.Clone(objs)
-	key := object.KeyOf("Deployment", inject.Namespace, inject.IstiodDeployment)
 	for i, o := range out {
-		if object.Key(o) != key {
+		if !revision.IsIstiod(o) {
 			continue
 		}
 		d := o.DeepCopy()
@@ -75,5 +76,5 @@ func withNativeSidecars(objs []*unstructured.Unstructured, on bool) ([]*unstruct
 		out[i] = d
 		return out, nil
 	}
-	return nil, fmt.Errorf("no %s in the installation", key)
+	return nil, errors.New("no istiod Deployment in the installation")
 }

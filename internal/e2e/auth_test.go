@@ -15,6 +15,7 @@ import (
 	"github.com/kubeflow/kfistio/internal/inject"
 	"github.com/kubeflow/kfistio/internal/kube"
 	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/revision"
 )
 
 // The selectors of the gateways' pods.
@@ -168,7 +169,7 @@ func (m *mesh) extAuthzProviders(t *testing.T) map[string]string {
 // meshConfig is the installation's mesh config.
 func (m *mesh) meshConfig(t *testing.T) map[string]any {
 	t.Helper()
-	cm := object.Index(m.objs)[object.KeyOf("ConfigMap", inject.Namespace, inject.MeshConfigMap)]
+	cm := object.Index(m.objs)[object.KeyOf("ConfigMap", inject.Namespace, revision.Find(m.objs).Mesh)]
 	if cm == nil {
 		t.Fatal("the installation has no mesh config")
 	}

@@ -16,15 +16,13 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/revision"
 )
 
 // Objects that configure injection, as istiod reads them.
 const (
-	Namespace           = "istio-system"
-	InjectorConfigMap   = "istio-sidecar-injector"
-	MeshConfigMap       = "istio"
-	IstiodDeployment    = "istiod"
-	DiscoveryContainer  = "discovery"
+	Namespace           = revision.Namespace
+	DiscoveryContainer  = revision.IstiodContainer
 	NativeSidecarsEnv   = "ENABLE_NATIVE_SIDECARS"
 	ProxyContainer      = "istio-proxy"
 	ValidationContainer = "istio-validation"
@@ -52,16 +50,18 @@ func IsIstioContainer(name string) bool {
 }
 
 // New reads the injector ConfigMap, the mesh ConfigMap and istiod's
-// ENABLE_NATIVE_SIDECARS from objs, the objects of a build.
+// ENABLE_NATIVE_SIDECARS from objs, the objects of a build, for the control
+// plane revision they hold.
 func New(objs []*unstructured.Unstructured) (*Injector, error) {
 	idx := object.Index(objs)
-	injCM := idx[object.KeyOf("ConfigMap", Namespace, InjectorConfigMap)]
+	names := revision.Find(objs)
+	injCM := idx[object.KeyOf("ConfigMap", Namespace, names.Injector)]
 	if injCM == nil {
-		return nil, fmt.Errorf("no %s in the build", object.KeyOf("ConfigMap", Namespace, InjectorConfigMap))
+		return nil, fmt.Errorf("no %s in the build", object.KeyOf("ConfigMap", Namespace, names.Injector))
 	}
-	meshCM := idx[object.KeyOf("ConfigMap", Namespace, MeshConfigMap)]
+	meshCM := idx[object.KeyOf("ConfigMap", Namespace, names.Mesh)]
 	if meshCM == nil {
-		return nil, fmt.Errorf("no %s in the build", object.KeyOf("ConfigMap", Namespace, MeshConfigMap))
+		return nil, fmt.Errorf("no %s in the build", object.KeyOf("ConfigMap", Namespace, names.Mesh))
 	}
 	data, _, _ := unstructured.NestedStringMap(injCM.Object, "data")
 	cfg, err := istioinject.UnmarshalConfig([]byte(data["config"]))
@@ -78,7 +78,7 @@ func New(objs []*unstructured.Unstructured) (*Injector, error) {
 		return nil, fmt.Errorf("%s key mesh: %w", object.Key(meshCM), err)
 	}
 	in := &Injector{templates: cfg.Templates, values: values, mesh: mc}
-	if d := idx[object.KeyOf("Deployment", Namespace, IstiodDeployment)]; d != nil {
+	if d := idx[object.KeyOf("Deployment", Namespace, names.Istiod)]; d != nil {
 		in.NativeSidecars, _ = object.ContainerEnv(d, DiscoveryContainer, NativeSidecarsEnv)
 	}
 	in.native = nativeMode(in.NativeSidecars)

@@ -18,6 +18,8 @@ import (
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/kube"
 	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/revision"
+	"github.com/kubeflow/kfistio/internal/upstream"
 )
 
 // Installer works on one cluster.
@@ -65,6 +67,9 @@ type Options struct {
 	// own (a previous installation): kfistio becomes their only manager.
 	// Without it, Install stops before any write when there are such objects.
 	Adopt bool
+	// UnsupportedInPlace replaces an istiod more than one minor release
+	// away in place, which Istio does not support (SkewError).
+	UnsupportedInPlace bool
 	// Timeout bounds each wait for readiness.
 	Timeout time.Duration
 	// Version of kfistio, for the inventory.
@@ -262,6 +267,13 @@ func (in *Installer) preflight(ctx context.Context, o Options, snap *Snapshot) (
 			existing, lives = append(existing, obj), append(lives, l)
 		}
 	}
+	if len(helm) > 0 {
+		return nil, &HelmError{Objects: helm}
+	}
+	image, release := in.istiodRelease(snap, o.Objects)
+	if err := checkSkew(release, upstream.Release); err != nil && !o.UnsupportedInPlace {
+		return nil, err
+	}
 	results := make([]*owned, len(existing))
 	if errs := inParallel(ctx, len(existing), in.concurrency(), func(i int) error {
 		var err error
@@ -278,13 +290,25 @@ func (in *Installer) preflight(ctx context.Context, o Options, snap *Snapshot) (
 			adopt[f.key] = f
 		}
 	}
-	switch {
-	case len(helm) > 0:
-		return nil, &HelmError{Objects: helm}
-	case len(found) > 0 && !o.Adopt:
-		return nil, in.foreignError(ctx, found)
+	if len(found) > 0 && !o.Adopt {
+		return nil, foreignError(found, image, release)
 	}
 	return adopt, nil
+}
+
+// istiodRelease returns the image and release of the live istiod that the
+// installation replaces: its istiod Deployment as the cluster runs it now;
+// empty when there is none.
+func (in *Installer) istiodRelease(snap *Snapshot, objs []*unstructured.Unstructured) (image, release string) {
+	for _, o := range objs {
+		if !revision.IsIstiod(o) {
+			continue
+		}
+		if live, _ := snap.Get(in, o); live != nil {
+			return istiodImage(live)
+		}
+	}
+	return "", ""
 }
 
 // run is the state of one Install.

@@ -19,7 +19,6 @@ import (
 	"sigs.k8s.io/structured-merge-diff/v6/fieldpath"
 	"sigs.k8s.io/structured-merge-diff/v6/value"
 
-	"github.com/kubeflow/kfistio/internal/inject"
 	"github.com/kubeflow/kfistio/internal/object"
 )
 
@@ -53,7 +52,7 @@ func (e *ForeignError) Error() string {
 	var b strings.Builder
 	found := "an Istio installation"
 	if e.Release != "" {
-		found = fmt.Sprintf("Istio %s (Deployment/%s/%s runs %s)", e.Release, istioNamespace, inject.IstiodDeployment, e.Image)
+		found = fmt.Sprintf("Istio %s (istiod runs %s)", e.Release, e.Image)
 	}
 	fmt.Fprintf(&b, "this cluster holds %s that kfistio did not install; nothing was changed. Objects of the installation that other field managers own:", found)
 	names := make([]string, 0, len(e.Managers))
@@ -202,9 +201,10 @@ func (in *Installer) ownership(ctx context.Context, o, live *unstructured.Unstru
 	return &owned{key: key, managers: managers, lastApplied: lastApplied}, nil
 }
 
-// foreignError builds the refusal for objects of another installation.
-func (in *Installer) foreignError(ctx context.Context, found []*owned) error {
-	e := &ForeignError{Managers: map[string][]string{}}
+// foreignError builds the refusal for objects of another installation, whose
+// istiod runs image, of release.
+func foreignError(found []*owned, image, release string) error {
+	e := &ForeignError{Managers: map[string][]string{}, Image: image, Release: release}
 	for _, f := range found {
 		managers := f.managers
 		if len(managers) == 0 {
@@ -216,10 +216,6 @@ func (in *Installer) foreignError(ctx context.Context, found []*owned) error {
 	}
 	for m := range e.Managers {
 		sort.Strings(e.Managers[m])
-	}
-	d, err := in.Client.Kube.AppsV1().Deployments(istioNamespace).Get(ctx, inject.IstiodDeployment, metav1.GetOptions{})
-	if err == nil {
-		e.Image, e.Release = inject.IstiodRelease(&d.Spec.Template.Spec)
 	}
 	return e
 }

@@ -1,6 +1,7 @@
 package tree
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"reflect"
@@ -11,6 +12,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/revision"
 	"github.com/kubeflow/kfistio/internal/upstream"
 )
 
@@ -42,14 +44,20 @@ func Generate(root string) (*Generated, error) {
 	}
 	defer func() { _ = r.Close() }()
 	out := &Generated{Files: Files{}}
+	render := func(rd Render) (split, error) {
+		res, err := r.Render(rd.Inputs(root))
+		if err != nil {
+			return split{}, err
+		}
+		out.Warnings = append(out.Warnings, res.Warnings...)
+		return splitRender(res.Objects), nil
+	}
 	var base split
 	for _, rd := range Renders() {
-		res, err := r.Render(rd.Inputs(root))
+		s, err := render(rd)
 		if err != nil {
 			return nil, err
 		}
-		out.Warnings = append(out.Warnings, res.Warnings...)
-		s := splitRender(res.Objects)
 		if rd.Name == BaseRender {
 			base = s
 			if err := out.Files.addBase(rd, s); err != nil {
@@ -57,13 +65,27 @@ func Generate(root string) (*Generated, error) {
 			}
 			continue
 		}
-		c, err := variant(base, s)
+		from := base
+		if rd.Revision != "" {
+			if from, err = render(rd.withoutRevision()); err != nil {
+				return nil, err
+			}
+		}
+		c, gw, err := variant(from, s, rd.Revision)
 		if err != nil {
 			return nil, fmt.Errorf("%s (%s): %w", rd.Name, rd.describe(), err)
 		}
 		comment := fmt.Sprintf("# From the %s render to %s", BaseRender, rd.describe())
+		if rd.Revision != "" {
+			comment = fmt.Sprintf("# From the same render without a revision to %s", rd.describe())
+		}
 		if err := out.Files.addComponent(rd.Name, comment, c); err != nil {
 			return nil, fmt.Errorf("write %s: %w", rd.Name, err)
+		}
+		if rd.GatewayDir != "" {
+			if err := out.Files.addShared(rd.GatewayDir, "# The cluster-local gateway's part of the change to revision "+rd.Revision, gw); err != nil {
+				return nil, fmt.Errorf("write %s: %w", rd.GatewayDir, err)
+			}
 		}
 	}
 	return out, nil
@@ -86,32 +108,59 @@ func (f Files) addBase(rd Render, s split) error {
 	return nil
 }
 
-// component is what turns one render into another: objects to add, and
-// strategic-merge patches (changes, and deletes).
+// component is what turns one render into another: objects to add,
+// strategic-merge patches (changes, and deletes), and renames (JSON patches
+// of metadata.name, applied after the others).
 type component struct {
 	resources, patches []*unstructured.Unstructured
+	renames            []rename
+}
+
+// rename gives an object the name another revision's render gives it.
+type rename struct {
+	from *unstructured.Unstructured // a stub with the old name
+	to   string
+}
+
+// addShared adds the Component c under dir, unless an earlier render wrote
+// the very same files there: several renders may share a part.
+func (f Files) addShared(dir, comment string, c component) error {
+	mine := Files{}
+	if err := mine.addComponent(dir, comment, c); err != nil {
+		return err
+	}
+	for p, b := range mine {
+		if old, ok := f[p]; ok && !bytes.Equal(old, b) {
+			return fmt.Errorf("%s: two renders change it differently", p)
+		}
+		f[p] = b
+	}
+	return nil
 }
 
 // addComponent adds a kustomize Component under dir: each added object and
 // each patch in a file of its own named after its object, every patch listed
 // on its own (older kustomize versions cannot apply a delete patch that
-// shares a file with other patches).
+// shares a file with other patches), renames last.
 func (f Files) addComponent(dir, comment string, c component) error {
 	var resources, patches []any
-	add := func(name string, o *unstructured.Unstructured) error {
+	add := func(name string, b []byte) error {
 		if _, dup := f[dir+"/"+name]; dup {
 			return fmt.Errorf("two objects would be written to %s", name)
-		}
-		b, err := file(comment, []*unstructured.Unstructured{o})
-		if err != nil {
-			return err
 		}
 		f[dir+"/"+name] = b
 		return nil
 	}
+	addObject := func(name string, o *unstructured.Unstructured) error {
+		b, err := file(comment, []*unstructured.Unstructured{o})
+		if err != nil {
+			return err
+		}
+		return add(name, b)
+	}
 	for _, o := range c.resources {
 		name := strings.ToLower(o.GetKind()) + "-" + o.GetName() + ".yaml"
-		if err := add(name, o); err != nil {
+		if err := addObject(name, o); err != nil {
 			return err
 		}
 		resources = append(resources, name)
@@ -122,10 +171,25 @@ func (f Files) addComponent(dir, comment string, c component) error {
 			prefix = "delete-"
 		}
 		name := prefix + strings.ToLower(p.GetKind()) + "-" + p.GetName() + ".yaml"
-		if err := add(name, p); err != nil {
+		if err := addObject(name, p); err != nil {
 			return err
 		}
 		patches = append(patches, map[string]any{"path": name})
+	}
+	for _, r := range c.renames {
+		name := "rename-" + strings.ToLower(r.from.GetKind()) + "-" + r.from.GetName() + ".yaml"
+		b, err := yaml.Marshal([]any{map[string]any{"op": "replace", "path": "/metadata/name", "value": r.to}})
+		if err != nil {
+			return err
+		}
+		if err := add(name, withHeader(comment, b)); err != nil {
+			return err
+		}
+		target := map[string]any{"kind": r.from.GetKind(), "name": r.from.GetName()}
+		if ns := r.from.GetNamespace(); ns != "" {
+			target["namespace"] = ns
+		}
+		patches = append(patches, map[string]any{"path": name, "target": target})
 	}
 	k := map[string]any{"apiVersion": "kustomize.config.k8s.io/v1alpha1", "kind": "Component"}
 	if len(resources) > 0 {
@@ -138,8 +202,7 @@ func (f Files) addComponent(dir, comment string, c component) error {
 	if err != nil {
 		return err
 	}
-	f[dir+"/kustomization.yaml"] = withHeader(comment, b)
-	return nil
+	return add("kustomization.yaml", withHeader(comment, b))
 }
 
 func file(comment string, objs []*unstructured.Unstructured) ([]byte, error) {
@@ -176,61 +239,97 @@ func splitRender(objs []*unstructured.Unstructured) split {
 }
 
 // helmValuesConfigMap records the Helm values of a render for debugging; Istio
-// documents that it has no effect. Variants leave it as the base render wrote it.
+// documents that it has no effect. Variants leave its data as the base render
+// wrote it.
 const helmValuesConfigMap = "values"
 
-// variant returns the Component that turns the install part of from into
-// that of to: the objects to has and from lacks, a delete patch for each
-// object to lacks, and a strategic-merge patch for each object that differs.
-// The CRDs and the cluster-local gateway, which live in directories of their
-// own, must not differ.
-func variant(from, to split) (component, error) {
-	var c component
+// variant returns the Components that turn from into to: the install
+// part's, and, for a revision, the cluster-local gateway's. The CRDs must not
+// differ, nor the cluster-local gateway without a revision: they live in
+// directories of their own.
+func variant(from, to split, rev string) (install, gateway component, err error) {
 	var errs []error
 	if !reflect.DeepEqual(from.crds, to.crds) {
 		errs = append(errs, errors.New("the CustomResourceDefinitions differ"))
 	}
-	if !reflect.DeepEqual(from.gateway, to.gateway) {
+	if rev == "" && !reflect.DeepEqual(from.gateway, to.gateway) {
 		errs = append(errs, errors.New("the cluster-local-gateway objects differ"))
 	}
-	want := object.Index(to.install)
-	for _, o := range from.install {
+	install = changes(from.install, to.install, rev)
+	if rev != "" {
+		gateway = changes(from.gateway, to.gateway, rev)
+	}
+	if len(errs) == 0 && install.empty() {
+		errs = append(errs, errors.New("the render does not differ"))
+	}
+	return install, gateway, errors.Join(errs...)
+}
+
+// changes returns the Component that turns the objects from into to: the
+// objects to has and from lacks, a delete patch for each object to lacks, and
+// a strategic-merge patch for each object that differs. With a revision, an
+// object of from that to names for the revision (istiod, istiod-1-29-1) is
+// patched and renamed, so that what an overlay changed in it carries over.
+func changes(from, to []*unstructured.Unstructured, rev string) component {
+	var c component
+	want := object.Index(to)
+	for _, o := range from {
 		key := object.Key(o)
 		w, ok := want[key]
-		delete(want, key)
+		if !ok && rev != "" {
+			if w, ok = want[object.KeyOf(o.GetKind(), o.GetNamespace(), revision.Name(o.GetName(), rev))]; ok {
+				c.renames = append(c.renames, rename{from: stub(o), to: w.GetName()})
+			}
+		}
+		if w != nil {
+			delete(want, object.Key(w))
+		}
 		switch {
 		case !ok:
 			p := stub(o)
 			p.Object["$patch"] = "delete"
 			c.patches = append(c.patches, p)
-		case reflect.DeepEqual(o.Object, w.Object):
-		case o.GetKind() == "ConfigMap" && o.GetName() == helmValuesConfigMap:
 		default:
-			p := stub(o)
-			for k, v := range strategicDiff(o.Object, w.Object, nil) {
-				if k != "metadata" {
-					p.Object[k] = v
-				} else if meta, ok := v.(map[string]any); ok {
-					for mk, mv := range meta {
-						p.Object["metadata"].(map[string]any)[mk] = mv
-					}
-				}
+			if o.GetKind() == "ConfigMap" && o.GetName() == helmValuesConfigMap {
+				w = w.DeepCopy()
+				w.Object["data"] = o.Object["data"]
 			}
-			c.patches = append(c.patches, p)
+			if p := patchOf(o, w); p != nil {
+				c.patches = append(c.patches, p)
+			}
 		}
 	}
 	for _, o := range want {
 		c.resources = append(c.resources, o)
 	}
-	if len(errs) == 0 && len(c.patches) == 0 && len(c.resources) == 0 {
-		errs = append(errs, errors.New("the render does not differ"))
-	}
-	if err := errors.Join(errs...); err != nil {
-		return c, err
-	}
 	object.Sort(c.patches)
 	object.Sort(c.resources)
-	return c, nil
+	return c
+}
+
+func (c component) empty() bool {
+	return len(c.patches) == 0 && len(c.resources) == 0 && len(c.renames) == 0
+}
+
+// patchOf is the strategic-merge patch from o to w, which may carry another
+// name (a rename does that part); nil when they do not differ.
+func patchOf(o, w *unstructured.Unstructured) *unstructured.Unstructured {
+	w = w.DeepCopy()
+	w.SetName(o.GetName())
+	if reflect.DeepEqual(o.Object, w.Object) {
+		return nil
+	}
+	p := stub(o)
+	for k, v := range strategicDiff(o.Object, w.Object, nil) {
+		if k != "metadata" {
+			p.Object[k] = v
+		} else if meta, ok := v.(map[string]any); ok {
+			for mk, mv := range meta {
+				p.Object["metadata"].(map[string]any)[mk] = mv
+			}
+		}
+	}
+	return p
 }
 
 func stub(o *unstructured.Unstructured) *unstructured.Unstructured {
@@ -281,11 +380,11 @@ func strategicDiff(a, b map[string]any, path []string) map[string]any {
 }
 
 // mergeKey is the strategic-merge key of the list at path in the pod
-// templates and Services that Istio renders, or "" for lists that a patch
-// replaces whole.
+// templates, Services and webhook configurations that Istio renders, or ""
+// for lists that a patch replaces whole.
 func mergeKey(path []string) string {
 	switch path[len(path)-1] {
-	case "containers", "initContainers", "env", "volumes":
+	case "containers", "initContainers", "env", "volumes", "webhooks":
 		return "name"
 	case "volumeMounts":
 		return "mountPath"

@@ -2,8 +2,10 @@ package tree
 
 import (
 	"path/filepath"
+	"slices"
 	"strings"
 
+	"github.com/kubeflow/kfistio/internal/revision"
 	"github.com/kubeflow/kfistio/internal/upstream"
 )
 
@@ -18,6 +20,13 @@ const (
 	NoCNIPatchesDir       = "istio-install/components/no-cni/upstream"
 	OAuth2ProxyPatchesDir = "istio-install/components/oauth2-proxy/upstream"
 	AmbientDir            = "istio-install/components/ambient/upstream"
+	// The revision Components: applied last to an install overlay, they make
+	// its control plane revision upstream.Revision (revision-named objects,
+	// the default tag, the gateways and the CNI node agent on it).
+	RevisionCNIDir   = "istio-install/revision/components/cni"
+	RevisionNoCNIDir = "istio-install/revision/components/no-cni"
+	// RevisionGatewayDir moves the cluster-local gateway to the revision.
+	RevisionGatewayDir = "cluster-local-gateway/components/revision"
 )
 
 // ClusterLocalGatewayName is the name prefix of the objects that go to
@@ -45,6 +54,16 @@ type Render struct {
 	Name  string
 	Files []string
 	Set   []string
+	// Revision, when set, renders the control plane as that revision, the
+	// default tag pointing at it. The Component then turns the same render
+	// without a revision into this one, renaming the default control plane's
+	// objects, and GatewayDir receives the cluster-local gateway's part.
+	Revision   string
+	GatewayDir string
+	// On are the Components that the overlays this render serves apply
+	// before its own: with them, the base render becomes the render without
+	// the revision.
+	On []string
 }
 
 // BaseRender names the base render.
@@ -52,17 +71,33 @@ const BaseRender = "base"
 
 // Inputs returns r's inputs with the files under the repository root.
 func (r Render) Inputs(root string) upstream.Inputs {
-	in := upstream.Inputs{Set: r.Set}
+	in := upstream.Inputs{Set: r.set()}
 	for _, f := range r.Files {
 		in.Files = append(in.Files, filepath.Join(root, filepath.FromSlash(f)))
 	}
 	return in
 }
 
+// set is r's --set flags, those of its revision included: the control plane
+// named for the revision, which is also the default revision (the default
+// validator calls it) and the revision of the default tag.
+func (r Render) set() []string {
+	if r.Revision == "" {
+		return r.Set
+	}
+	return append(slices.Clone(r.Set), "revision="+r.Revision, "values.defaultRevision="+r.Revision, "values.revisionTags[0]="+revision.Default)
+}
+
+// withoutRevision is r rendered as the default control plane.
+func (r Render) withoutRevision() Render {
+	r.Revision, r.GatewayDir = "", ""
+	return r
+}
+
 // describe says in one comment line what r was made of.
 func (r Render) describe() string {
 	parts := append([]string{}, r.Files...)
-	for _, s := range r.Set {
+	for _, s := range r.set() {
 		parts = append(parts, "--set "+s)
 	}
 	return "Istio " + upstream.Release + " rendered from " + strings.Join(parts, " ")
@@ -73,11 +108,19 @@ func (r Render) describe() string {
 // objects; sync writes the difference as a kustomize Component in its
 // directory, one patch per file, each listed on its own (older kustomize
 // versions cannot apply a delete patch that shares a file with other patches).
+//
+// The revision renders serve the install overlays that support an upgrade
+// by revision (not the ambient ones: ztunnel is upgraded in place only).
 func Renders() []Render {
+	oauth2 := []string{ProfileInput, OverlayInput, OAuth2ProxyInput}
 	return []Render{
 		{Name: BaseRender, Files: []string{ProfileInput, OverlayInput}, Set: cniOn},
 		{Name: NoCNIPatchesDir, Files: []string{ProfileInput, OverlayInput}, Set: cniOff},
-		{Name: OAuth2ProxyPatchesDir, Files: []string{ProfileInput, OverlayInput, OAuth2ProxyInput}, Set: cniOn},
+		{Name: OAuth2ProxyPatchesDir, Files: oauth2, Set: cniOn},
 		{Name: AmbientDir, Files: []string{ProfileInput, OverlayInput, AmbientInput}, Set: cniOn},
+		{Name: RevisionCNIDir, Files: oauth2, Set: cniOn, Revision: upstream.Revision, GatewayDir: RevisionGatewayDir,
+			On: []string{OAuth2ProxyPatchesDir}},
+		{Name: RevisionNoCNIDir, Files: oauth2, Set: cniOff, Revision: upstream.Revision, GatewayDir: RevisionGatewayDir,
+			On: []string{OAuth2ProxyPatchesDir, NoCNIPatchesDir}},
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -283,7 +284,7 @@ func TestVariant(t *testing.T) {
 		withEnv(obj("Deployment", "istiod", nil), "A=1", "B=changed", "D=4"),
 		obj("ServiceAccount", "ztunnel", nil),
 	}}
-	c, err := variant(base, to)
+	c, _, err := variant(base, to, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -330,6 +331,84 @@ spec:
 	}
 }
 
+// A revision renames the objects of the default control plane, patching
+// what differs under the old name first, so that what overlays changed in
+// them carries over; objects of the revision alone are added; the
+// cluster-local gateway's part goes to a Component of its own.
+func TestVariantOfARevision(t *testing.T) {
+	labelled := func(o *unstructured.Unstructured, rev string) *unstructured.Unstructured {
+		o.SetLabels(map[string]string{"istio.io/rev": rev})
+		return o
+	}
+	from := split{
+		install: []*unstructured.Unstructured{
+			labelled(withEnv(obj("Deployment", "istiod", nil), "REVISION=default", "A=1"), "default"),
+			obj("ServiceAccount", "istiod", nil),
+			obj("ServiceAccount", "istio-cni", nil),
+		},
+		gateway: []*unstructured.Unstructured{labelled(obj("Service", "cluster-local-gateway", nil), "default")},
+	}
+	to := split{
+		install: []*unstructured.Unstructured{
+			labelled(withEnv(obj("Deployment", "istiod-r1", nil), "REVISION=r1", "A=1"), "r1"),
+			obj("ServiceAccount", "istiod-r1", nil),
+			obj("ServiceAccount", "istio-cni", nil),
+			obj("Service", "istiod-revision-tag-default", nil),
+		},
+		gateway: []*unstructured.Unstructured{labelled(obj("Service", "cluster-local-gateway", nil), "r1")},
+	}
+	c, gw, err := variant(from, to, "r1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var renames []string
+	for _, r := range c.renames {
+		renames = append(renames, object.Key(r.from)+" -> "+r.to)
+	}
+	if want := []string{"Deployment/istio-system/istiod -> istiod-r1", "ServiceAccount/istio-system/istiod -> istiod-r1"}; !slices.Equal(renames, want) {
+		t.Errorf("renames %v, want %v", renames, want)
+	}
+	patches, _ := object.Marshal(c.patches)
+	want := `apiVersion: v1
+kind: Deployment
+metadata:
+  labels:
+    istio.io/rev: r1
+  name: istiod
+  namespace: istio-system
+spec:
+  template:
+    spec:
+      containers:
+      - env:
+        - name: REVISION
+          value: r1
+        name: discovery
+`
+	if normalize(string(patches)) != normalize(want) {
+		t.Errorf("patches:\n%s\nwant:\n%s", patches, want)
+	}
+	if len(c.resources) != 1 || object.Key(c.resources[0]) != "Service/istio-system/istiod-revision-tag-default" {
+		t.Errorf("resources %v", c.resources)
+	}
+	if len(gw.patches) != 1 || gw.patches[0].GetLabels()["istio.io/rev"] != "r1" {
+		t.Errorf("gateway patches %v", gw.patches)
+	}
+	// The files: patches by their old names, renames as JSON patches after
+	// them.
+	f := Files{}
+	if err := f.addComponent("c", "# test", c); err != nil {
+		t.Fatal(err)
+	}
+	k := string(f["c/kustomization.yaml"])
+	if i, j := strings.Index(k, "patch-deployment-istiod.yaml"), strings.Index(k, "rename-deployment-istiod.yaml"); i < 0 || j < i {
+		t.Errorf("kustomization does not list the patch, then the rename:\n%s", k)
+	}
+	if got := string(f["c/rename-deployment-istiod.yaml"]); !strings.Contains(got, "path: /metadata/name") || !strings.Contains(got, "value: istiod-r1") {
+		t.Errorf("rename:\n%s", got)
+	}
+}
+
 // withEnv gives o a pod template with one container, discovery, with env.
 func withEnv(o *unstructured.Unstructured, env ...string) *unstructured.Unstructured {
 	var list []any
@@ -367,15 +446,17 @@ func TestVariantRefusesWhatItCannotExpress(t *testing.T) {
 		},
 	}
 	for name, c := range cases {
-		if _, err := variant(c.base, c.variant); err == nil {
+		if _, _, err := variant(c.base, c.variant, ""); err == nil {
 			t.Errorf("%s: no error", name)
 		}
 	}
 }
 
-// Each variant Component, applied to the generated base, gives exactly its
-// render (except the informational Helm values ConfigMap): the patches lose
-// nothing and add nothing.
+// Each variant Component, applied to the generated base after the
+// Components its render builds on, gives exactly its render (except the
+// informational Helm values ConfigMap): the patches lose nothing and add
+// nothing. A revision's cluster-local gateway Component does the same for
+// the generated cluster-local gateway.
 func TestVariantComponentsReproduceTheirRender(t *testing.T) {
 	g := generated(t)
 	r, err := upstream.NewRenderer()
@@ -385,58 +466,75 @@ func TestVariantComponentsReproduceTheirRender(t *testing.T) {
 	defer func() { _ = r.Close() }()
 	for _, v := range Renders()[1:] {
 		t.Run(v.Name, func(t *testing.T) {
-			dir := t.TempDir()
-			for p, b := range g.Files {
-				if p == InstallFile || strings.HasPrefix(p, v.Name+"/") {
-					target := filepath.Join(dir, filepath.FromSlash(p))
-					if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-						t.Fatal(err)
-					}
-					if err := os.WriteFile(target, b, 0o644); err != nil {
-						t.Fatal(err)
-					}
-				}
-			}
-			k := "resources:\n- " + filepath.Base(InstallFile) + "\ncomponents:\n- ../../" + v.Name + "\n"
-			if err := os.WriteFile(filepath.Join(dir, filepath.Dir(InstallFile), "kustomization.yaml"), []byte(k), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			tree, err := build.Dir(dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := tree.BuildObjects(filepath.Dir(InstallFile))
-			if err != nil {
-				t.Fatal(err)
-			}
 			rv, err := r.Render(v.Inputs(repoRoot))
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := object.Index(splitRender(rv.Objects).install)
-			have := object.Index(got)
-			for _, m := range []map[string]*unstructured.Unstructured{want, have} {
-				delete(m, object.KeyOf("ConfigMap", "istio-system", helmValuesConfigMap))
-			}
-			for key, w := range want {
-				h, ok := have[key]
-				if !ok {
-					t.Errorf("%s of the render is missing", key)
-					continue
-				}
-				// kustomize drops null fields, which the API server also reads as
-				// absent.
-				if !reflect.DeepEqual(object.Canonical(h.Object), object.Canonical(w.Object)) {
-					hb, _ := json.Marshal(h.Object)
-					wb, _ := json.Marshal(w.Object)
-					t.Errorf("%s differs from the render:\n%s\n%s", key, hb, wb)
-				}
-			}
-			for key := range have {
-				if _, ok := want[key]; !ok {
-					t.Errorf("%s is not in the render", key)
-				}
+			s := splitRender(rv.Objects)
+			reproduces(t, g.Files, InstallFile, append(slices.Clone(v.On), v.Name), s.install)
+			if v.GatewayDir != "" {
+				reproduces(t, g.Files, ClusterLocalGateway, []string{v.GatewayDir}, s.gateway)
 			}
 		})
+	}
+}
+
+// reproduces builds the generated file base with the generated components,
+// in order, and compares the result with want.
+func reproduces(t *testing.T, files Files, base string, components []string, want []*unstructured.Unstructured) {
+	t.Helper()
+	dir := t.TempDir()
+	for p, b := range files {
+		if p == base || slices.ContainsFunc(components, func(c string) bool { return strings.HasPrefix(p, c+"/") }) {
+			target := filepath.Join(dir, filepath.FromSlash(p))
+			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(target, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	k := "resources:\n- " + filepath.Base(base) + "\ncomponents:\n"
+	for _, c := range components {
+		k += "- ../../" + c + "\n"
+	}
+	if err := os.WriteFile(filepath.Join(dir, filepath.Dir(base), "kustomization.yaml"), []byte(k), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tree, err := build.Dir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := tree.BuildObjects(filepath.Dir(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantIdx, have := object.Index(want), object.Index(got)
+	for _, m := range []map[string]*unstructured.Unstructured{wantIdx, have} {
+		for key, o := range m {
+			if o.GetKind() == "ConfigMap" && strings.HasPrefix(o.GetName(), helmValuesConfigMap) {
+				delete(m, key)
+			}
+		}
+	}
+	for key, w := range wantIdx {
+		h, ok := have[key]
+		if !ok {
+			t.Errorf("%s of the render is missing", key)
+			continue
+		}
+		// kustomize drops null fields, which the API server also reads as
+		// absent.
+		if !reflect.DeepEqual(object.Canonical(h.Object), object.Canonical(w.Object)) {
+			hb, _ := json.Marshal(h.Object)
+			wb, _ := json.Marshal(w.Object)
+			t.Errorf("%s differs from the render:\n%s\n%s", key, hb, wb)
+		}
+	}
+	for key := range have {
+		if _, ok := wantIdx[key]; !ok {
+			t.Errorf("%s is not in the render", key)
+		}
 	}
 }

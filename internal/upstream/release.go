@@ -1,6 +1,10 @@
 package upstream
 
-import "regexp"
+import (
+	"regexp"
+
+	"github.com/kubeflow/kfistio/internal/revision"
+)
 
 // Release is the Istio release the tree is generated from. It is the only place in
 // the repository that names it: image tags, chart labels and injector values are
@@ -11,6 +15,10 @@ import "regexp"
 // `go get istio.io/istio@<ModuleVersion> && go mod tidy`, then `kfistio sync`, and
 // review the diff. A test fails when go.mod and ModuleVersion disagree.
 const Release = "1.29.1"
+
+// Revision is the revision name of Release, for a control plane installed
+// next to another one (an upgrade by revision): 1.29.1 is 1-29-1.
+var Revision = revision.Of(Release)
 
 // ModulePath is the Go module that carries Istio's charts, profiles and renderer.
 const ModulePath = "istio.io/istio"

@@ -30,7 +30,7 @@ func checkZtunnel(t *target) []Problem {
 	}
 	t.require(&p, "ServiceAccount", cniNamespace, ztunnel)
 	// istiod signs certificates for ztunnel's ServiceAccount where ztunnel runs.
-	if d := t.require(&p, "Deployment", ns, istiod); d != nil {
+	if d := t.require(&p, "Deployment", ns, t.names.Istiod); d != nil {
 		expectEnv(&p, d, discovery, "CA_TRUSTED_NODE_ACCOUNTS", cniNamespace+"/"+ztunnel)
 	}
 	t.require(&p, "ClusterRole", "", "istio-cni-ambient")

@@ -14,6 +14,7 @@ import (
 	"github.com/kubeflow/kfistio/internal/inject"
 	"github.com/kubeflow/kfistio/internal/object"
 	"github.com/kubeflow/kfistio/internal/podsecurity"
+	"github.com/kubeflow/kfistio/internal/revision"
 	"github.com/kubeflow/kfistio/internal/upstream"
 )
 
@@ -61,19 +62,20 @@ var checks = []check{
 	{"A2", "ambient: istiod serves ambient", install(func(t *target) bool { return t.overlay.Ambient }), istiodEnv("PILOT_ENABLE_AMBIENT", "true")},
 	{"A3", "ambient: pods of ambient namespaces get no sidecar", install(func(t *target) bool { return t.overlay.Ambient }), checkAmbientNamespaces},
 	{"E1", "mesh-wide Sidecar limits egress to the Kubeflow namespaces", with(partEgress), checkSidecarEgress},
+	{"R1", "revision: its own istiod, config and webhooks, no default control plane, gateways on it", revisioned, checkRevision},
+	{"R2", "revision: its injector and the default tag inject one way each, through its istiod", revisioned, checkRevisionInjection},
+	{"WEBHOOKS", "every webhook reaches istiod's pods through its Service, on the revision that writes its CA bundle", with(partInstall), checkWebhookServices},
 	{"INJECT", "Istio's injector on sample Kubeflow workloads", with(partInstall), checkInjection},
 	{"SCHEMA", "every object fits its schema", always, checkSchema},
 }
 
 const (
 	ns              = inject.Namespace
-	istiod          = inject.IstiodDeployment
 	discovery       = inject.DiscoveryContainer
 	ingressGateway  = "istio-ingressgateway"
 	localGateway    = "cluster-local-gateway"
 	cniNode         = "istio-cni-node"
 	cniNamespace    = "kube-system"
-	injectorCM      = inject.InjectorConfigMap
 	runtimeDefault  = string(corev1.SeccompProfileTypeRuntimeDefault)
 	enforceLabel    = podsecurity.EnforceLabel
 	injectionLabel  = inject.InjectionLabel
@@ -85,7 +87,7 @@ const (
 
 // meshConfig returns the parsed mesh config of the target.
 func (t *target) meshConfig(p *problems) (map[string]any, *unstructured.Unstructured) {
-	cm := t.require(p, "ConfigMap", ns, inject.MeshConfigMap)
+	cm := t.require(p, "ConfigMap", ns, t.names.Mesh)
 	if cm == nil {
 		return nil, nil
 	}
@@ -99,7 +101,7 @@ func (t *target) meshConfig(p *problems) (map[string]any, *unstructured.Unstruct
 
 // injectorValues returns the parsed values of the injector ConfigMap.
 func (t *target) injectorValues(p *problems) (map[string]any, *unstructured.Unstructured) {
-	cm := t.require(p, "ConfigMap", ns, injectorCM)
+	cm := t.require(p, "ConfigMap", ns, t.names.Injector)
 	if cm == nil {
 		return nil, nil
 	}
@@ -167,7 +169,7 @@ func checkCNI(t *target) []Problem {
 
 func checkNativeSidecars(t *target) []Problem {
 	var p problems
-	if d := t.require(&p, "Deployment", ns, istiod); d != nil {
+	if d := t.require(&p, "Deployment", ns, t.names.Istiod); d != nil {
 		expectEnv(&p, d, discovery, inject.NativeSidecarsEnv, "true")
 	}
 	t.forInjections(&p, func(key string, r injection) {
@@ -402,7 +404,7 @@ func checkTracing(t *target) []Problem {
 		p.wrong(object.Key(cm), "mesh: defaultConfig.tracing", got, "{} (no tracer)")
 	}
 	expectValue(&p, cm, "mesh", m, "enableTracing", false)
-	up, err := t.env.upstreamMesh()
+	up, err := t.env.upstreamMesh(t.names)
 	if err != nil {
 		p.because(object.Key(cm), "mesh", "cannot render the upstream mesh config to compare: "+err.Error())
 		return p
@@ -425,7 +427,7 @@ func checkTracing(t *target) []Problem {
 func istiodEnv(name, value string) func(*target) []Problem {
 	return func(t *target) []Problem {
 		var p problems
-		if d := t.require(&p, "Deployment", ns, istiod); d != nil {
+		if d := t.require(&p, "Deployment", ns, t.names.Istiod); d != nil {
 			expectEnv(&p, d, discovery, name, value)
 		}
 		return p
@@ -435,7 +437,7 @@ func istiodEnv(name, value string) func(*target) []Problem {
 func checkSeccomp(t *target) []Problem {
 	var p problems
 	if t.has(partInstall) {
-		for _, name := range []string{istiod, ingressGateway} {
+		for _, name := range []string{t.names.Istiod, ingressGateway} {
 			if d := t.require(&p, "Deployment", ns, name); d != nil {
 				expectPodSeccomp(&p, d)
 			}
@@ -493,7 +495,7 @@ func checkOAuth2Proxy(t *target) []Problem {
 			p.wrong(object.Key(cm), "mesh: extensionProviders[oauth2-proxy]", found, show(oauth2Provider))
 		}
 	}
-	if d := t.require(&p, "Deployment", ns, istiod); d != nil {
+	if d := t.require(&p, "Deployment", ns, t.names.Istiod); d != nil {
 		expectEnv(&p, d, discovery, "PILOT_JWT_PUB_KEY_REFRESH_INTERVAL", "1m")
 	}
 	checkCookieStripped(t, &p)
@@ -638,7 +640,7 @@ func checkInsecure(t *target) []Problem {
 	if v != nil {
 		expectValue(&p, cm, "values", v, "pilot.cni.enabled", false)
 	}
-	d := t.require(&p, "Deployment", ns, istiod)
+	d := t.require(&p, "Deployment", ns, t.names.Istiod)
 	if d != nil && v != nil {
 		if tpl := podTemplate(&p, d); tpl != nil {
 			if c := container(&tpl.Spec, discovery); c != nil {
@@ -684,16 +686,22 @@ func checkInsecure(t *target) []Problem {
 }
 
 // checkKeepsBaseEnv records every env entry of istiod in istio-install/base
-// that d lacks or changes.
+// that d lacks or changes; for a revision, of istiod in the revision of the
+// default overlay.
 func checkKeepsBaseEnv(t *target, p *problems, d *unstructured.Unstructured) {
-	base, err := t.env.objects(dirSpec(build.InstallBaseDir))
+	dir := build.InstallBaseDir
+	if t.names.Revision != revision.Default {
+		o, _ := build.LookupOverlay(build.DefaultOverlay)
+		dir = o.RevisionPath
+	}
+	base, err := t.env.objects(dirSpec(dir))
 	if err != nil {
-		p.because(object.Key(d), "env", "cannot build istio-install/base to compare: "+err.Error())
+		p.because(object.Key(d), "env", "cannot build "+dir+" to compare: "+err.Error())
 		return
 	}
 	bd := object.Index(base)[object.Key(d)]
 	if bd == nil {
-		p.because(object.Key(d), "env", "not in istio-install/base")
+		p.because(object.Key(d), "env", "not in "+dir)
 		return
 	}
 	baseSpec, err1 := object.PodSpec(bd)
@@ -710,7 +718,7 @@ func checkKeepsBaseEnv(t *target, p *problems, d *unstructured.Unstructured) {
 			continue
 		}
 		got, _ := envValue(c, e.Name)
-		p.wrong(object.Key(d), "containers[discovery].env["+e.Name+"]", got, show(e)+" as in istio-install/base")
+		p.wrong(object.Key(d), "containers[discovery].env["+e.Name+"]", got, show(e)+" as in "+dir)
 	}
 }
 

@@ -36,7 +36,7 @@ var (
 	profilePod      = peer{namespace: "kubeflow-user-example-com", labels: map[string]string{"app": "notebook"}, ip: "10.244.1.11"}
 	activator       = peer{namespace: "knative-serving", labels: map[string]string{"app": "activator"}, ip: "10.244.1.12"}
 	monitoring      = peer{namespace: "monitoring", labels: map[string]string{"app.kubernetes.io/name": "prometheus"}, ip: "10.244.1.13"}
-	istiodPod       = peer{namespace: ns, workload: istiod, ip: "10.244.2.10"}
+	istiodPod       = peer{namespace: ns, workload: istiodWorkload, ip: "10.244.2.10"}
 	ingressPod      = peer{namespace: ns, workload: ingressGateway, ip: "10.244.2.11"}
 	localGatewayPod = peer{namespace: ns, workload: localGateway, ip: "10.244.2.12"}
 )
@@ -141,7 +141,7 @@ func (t *target) trafficPeer(pe peer) (*matcher.TrafficPeer, bool) {
 	}
 	podLabels := pe.labels
 	if pe.workload != "" {
-		d := t.get("Deployment", pe.namespace, pe.workload)
+		d := t.get("Deployment", pe.namespace, t.workload(pe.workload))
 		if d == nil {
 			return nil, false
 		}
@@ -158,6 +158,18 @@ func (t *target) trafficPeer(pe peer) (*matcher.TrafficPeer, bool) {
 	return &matcher.TrafficPeer{IP: pe.ip, Internal: &matcher.InternalPeer{
 		Namespace: pe.namespace, NamespaceLabels: nsLabels, PodLabels: podLabels,
 	}}, true
+}
+
+// istiodWorkload stands for the istiod Deployment of the target, whatever
+// its revision.
+const istiodWorkload = "istiod"
+
+// workload is the name of the Deployment that a peer's workload names in t.
+func (t *target) workload(name string) string {
+	if name == istiodWorkload {
+		return t.names.Istiod
+	}
+	return name
 }
 
 func (pe peer) describe() string {

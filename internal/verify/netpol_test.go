@@ -9,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/revision"
 )
 
 // Each flow of the table fails F20, naming the flow, when the
@@ -61,6 +62,7 @@ func TestFlowTableInREADME(t *testing.T) {
 	}
 	tgt.objs = objs
 	tgt.idx = object.Index(objs)
+	tgt.names = revision.Find(objs)
 	readme, err := os.ReadFile("../../README.md")
 	if err != nil {
 		t.Fatal(err)

@@ -64,7 +64,7 @@ func checkInjection(t *target) []Problem {
 	var p problems
 	levels := t.namespaceLevels(&p)
 	var controlPlane string
-	if d := t.require(&p, "Deployment", ns, istiod); d != nil {
+	if d := t.require(&p, "Deployment", ns, t.names.Istiod); d != nil {
 		if spec, err := object.PodSpec(d); err == nil && spec != nil {
 			if c := container(spec, discovery); c != nil {
 				_, controlPlane = splitImage(c.Image)

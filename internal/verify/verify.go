@@ -14,6 +14,7 @@ import (
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/inject"
 	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/revision"
 	"github.com/kubeflow/kfistio/internal/schema"
 	"github.com/kubeflow/kfistio/internal/upstream"
 )
@@ -35,7 +36,7 @@ func Run(opts Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &env{tree: opts.Tree, builds: map[string]*built{}, schemas: &schemas{
+	e := &env{tree: opts.Tree, builds: map[string]*built{}, meshes: map[string]*upstreamMesh{}, schemas: &schemas{
 		validators: map[[32]byte]*schema.Validator{}, verdicts: map[[32]byte][]string{},
 	}}
 	rep := &Report{Release: upstream.Release, Passed: true, Targets: make([]Target, len(specs))}
@@ -106,6 +107,9 @@ func (s spec) sibling(overlay string) spec {
 		in.Overlay = overlay
 		return installationSpec(in)
 	}
+	if s.dir == s.overlay.RevisionPath {
+		return dirSpec(o.RevisionPath)
+	}
 	return dirSpec(o.Path)
 }
 
@@ -135,8 +139,13 @@ func targets(opts Options) ([]spec, error) {
 		if err != nil {
 			return nil, err
 		}
-		for _, name := range build.OverlayNames() {
-			installs = append(installs, build.DefaultInstallation(name))
+		for _, o := range build.Overlays {
+			installs = append(installs, build.DefaultInstallation(o.Name))
+			if o.RevisionPath != "" {
+				in := build.DefaultInstallation(o.Name)
+				in.Revision = upstream.Revision
+				installs = append(installs, in)
+			}
 		}
 		// The opt-in component, on the default overlay.
 		egress := build.DefaultInstallation(build.DefaultOverlay)
@@ -179,7 +188,7 @@ func targets(opts Options) ([]spec, error) {
 // does not know get only the checks that apply to any build.
 func dirParts(dir string) (part, build.Overlay) {
 	for _, o := range build.Overlays {
-		if o.Path == dir {
+		if o.Path == dir || o.RevisionPath == dir {
 			return partInstall, o
 		}
 	}
@@ -192,9 +201,9 @@ func dirParts(dir string) (part, build.Overlay) {
 		return partLabels, build.Overlay{}
 	case build.InstallBaseDir:
 		return partInstall, build.Overlay{Name: "base", Path: dir, CNI: true}
-	case build.ClusterLocalGateway:
+	case build.ClusterLocalGateway, build.ClusterLocalGatewayRevision:
 		return partGateway, build.Overlay{}
-	case build.ClusterLocalM2MAuth:
+	case build.ClusterLocalM2MAuth, build.ClusterLocalM2MAuthRevision:
 		return partGateway | partM2M, build.Overlay{}
 	case build.KubeflowResourcesDir:
 		return partKubeflow, build.Overlay{}
@@ -215,9 +224,15 @@ type env struct {
 	mu      sync.Mutex
 	builds  map[string]*built
 
-	meshOnce sync.Once
-	mesh     map[string]any
-	meshErr  error
+	meshMu sync.Mutex
+	// meshes holds the upstream mesh config by revision.
+	meshes map[string]*upstreamMesh
+}
+
+type upstreamMesh struct {
+	once sync.Once
+	mesh map[string]any
+	err  error
 }
 
 type built struct {
@@ -243,28 +258,39 @@ func (e *env) objects(s spec) ([]*unstructured.Unstructured, error) {
 }
 
 // upstreamMesh is the mesh config upstream Istio renders for the default
-// profile, with no Kubeflow input.
-func (e *env) upstreamMesh() (map[string]any, error) {
-	e.meshOnce.Do(func() {
+// profile, with no Kubeflow input, for the control plane revision names.
+func (e *env) upstreamMesh(names revision.Names) (map[string]any, error) {
+	e.meshMu.Lock()
+	m := e.meshes[names.Revision]
+	if m == nil {
+		m = &upstreamMesh{}
+		e.meshes[names.Revision] = m
+	}
+	e.meshMu.Unlock()
+	m.once.Do(func() {
 		r, err := upstream.NewRenderer()
 		if err != nil {
-			e.meshErr = err
+			m.err = err
 			return
 		}
 		defer func() { _ = r.Close() }()
-		out, err := r.Render(upstream.Inputs{})
+		var in upstream.Inputs
+		if names.Revision != revision.Default {
+			in.Set = []string{"revision=" + names.Revision}
+		}
+		out, err := r.Render(in)
 		if err != nil {
-			e.meshErr = err
+			m.err = err
 			return
 		}
-		cm := object.Index(out.Objects)[object.KeyOf("ConfigMap", inject.Namespace, inject.MeshConfigMap)]
+		cm := object.Index(out.Objects)[object.KeyOf("ConfigMap", revision.Namespace, names.Mesh)]
 		if cm == nil {
-			e.meshErr = fmt.Errorf("upstream Istio %s renders no mesh ConfigMap", upstream.Release)
+			m.err = fmt.Errorf("upstream Istio %s renders no mesh ConfigMap %s", upstream.Release, names.Mesh)
 			return
 		}
-		e.mesh, e.meshErr = meshOf(cm)
+		m.mesh, m.err = meshOf(cm)
 	})
-	return e.mesh, e.meshErr
+	return m.mesh, m.err
 }
 
 func meshOf(cm *unstructured.Unstructured) (map[string]any, error) {
@@ -286,6 +312,8 @@ type target struct {
 	objs []*unstructured.Unstructured
 	own  []*unstructured.Unstructured
 	idx  map[string]*unstructured.Unstructured
+	// names are those of the target's control plane revision.
+	names revision.Names
 
 	injectOnce sync.Once
 	injected   []injection
@@ -370,7 +398,7 @@ func (e *env) checkWith(s spec, objs, labels []*unstructured.Unstructured) Targe
 	out := Target{Name: s.name, Kind: s.kind, Passed: true}
 	out.Checks = append(out.Checks, Check{ID: "BUILD", Title: buildTitle(s), Passed: true})
 	all := withNamespaceLabels(objs, labels)
-	t := &target{spec: s, env: e, objs: all, own: objs, idx: object.Index(all)}
+	t := &target{spec: s, env: e, objs: all, own: objs, idx: object.Index(all), names: revision.Find(all)}
 	for _, c := range checks {
 		if !c.applies(t) {
 			continue

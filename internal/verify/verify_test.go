@@ -15,8 +15,10 @@ import (
 
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/revision"
 	"github.com/kubeflow/kfistio/internal/schema"
 	"github.com/kubeflow/kfistio/internal/testutil"
+	"github.com/kubeflow/kfistio/internal/upstream"
 )
 
 var (
@@ -33,7 +35,7 @@ func testEnv(t *testing.T) *env {
 		if err != nil {
 			t.Fatal(err)
 		}
-		shared = &env{tree: tree, builds: map[string]*built{}, schemas: &schemas{
+		shared = &env{tree: tree, builds: map[string]*built{}, meshes: map[string]*upstreamMesh{}, schemas: &schemas{
 			validators: map[[32]byte]*schema.Validator{}, verdicts: map[[32]byte][]string{},
 		}}
 	})
@@ -198,6 +200,17 @@ func mutated(t *testing.T, e *env, s spec, mutate func(*objects)) []*unstructure
 	return m.objs
 }
 
+// revInst is the installation of overlay with its control plane as the
+// tree's revision.
+func revInst(overlay string) spec {
+	in := build.DefaultInstallation(overlay)
+	in.Revision = upstream.Revision
+	return installationSpec(in)
+}
+
+// revNames are the names of the tree's revision.
+var revNames = revision.NamesOf(upstream.Revision)
+
 // inst is the installation of overlay, with components.
 func inst(overlay string, components ...string) spec {
 	in := build.DefaultInstallation(overlay)
@@ -217,6 +230,7 @@ func failed(tg Target) []string {
 
 const (
 	istiodKey  = "Deployment/istio-system/istiod"
+	ingressKey = "Deployment/istio-system/istio-ingressgateway"
 	cniKey     = "DaemonSet/kube-system/istio-cni-node"
 	ingressSvc = "Service/istio-system/istio-ingressgateway"
 )
@@ -405,6 +419,50 @@ func TestEachCheckFailsOnABrokenBuild(t *testing.T) {
 		}},
 		{"egress unlimited", "E1", inst("oauth2-proxy", "sidecar-egress"), func(m *objects) {
 			m.set("Sidecar/istio-system/default", []any{map[string]any{"hosts": []any{"*/*"}}}, "spec", "egress")
+		}},
+		{"default istiod left", "R1", revInst("oauth2-proxy"), func(m *objects) {
+			m.add("apiVersion: v1\nkind: Service\nmetadata:\n  name: istiod\n  namespace: istio-system\n")
+		}},
+		{"object of another revision", "R1", revInst("insecure"), func(m *objects) {
+			m.set("ConfigMap/istio-system/"+revNames.Mesh, map[string]any{"istio.io/rev": "default"}, "metadata", "labels")
+		}},
+		{"gateway on the default istiod", "R1", dirSpec("istio-install/revision/gke"), func(m *objects) {
+			m.setEnv(ingressKey, "istio-proxy", "CA_ADDR", "istiod.istio-system.svc:15012")
+		}},
+		{"cluster-local gateway on the default mesh config", "R1", revInst("oauth2-proxy"), func(m *objects) {
+			_ = object.EditPodSpec(m.get("Deployment/istio-system/cluster-local-gateway"), func(spec *corev1.PodSpec) {
+				for i := range spec.Volumes {
+					if spec.Volumes[i].Name == "config-volume" {
+						spec.Volumes[i].ConfigMap.Name = "istio"
+					}
+				}
+			})
+		}},
+		{"no default tag", "R2", revInst("gke"), func(m *objects) {
+			m.remove("MutatingWebhookConfiguration/istio-revision-tag-default")
+		}},
+		{"revision injects enabled namespaces too", "R2", dirSpec("istio-install/revision/oauth2-proxy"), func(m *objects) {
+			key := "MutatingWebhookConfiguration/" + revNames.InjectorWebhook
+			hooks, _, _ := unstructured.NestedSlice(m.get(key).Object, "webhooks")
+			hooks[0].(map[string]any)["namespaceSelector"] = map[string]any{}
+			m.set(key, hooks, "webhooks")
+		}},
+		{"tag calls the default istiod", "R2", revInst("insecure"), func(m *objects) {
+			key := "MutatingWebhookConfiguration/istio-revision-tag-default"
+			hooks, _, _ := unstructured.NestedSlice(m.get(key).Object, "webhooks")
+			for _, h := range hooks {
+				h.(map[string]any)["clientConfig"].(map[string]any)["service"].(map[string]any)["name"] = "istiod"
+			}
+			m.set(key, hooks, "webhooks")
+		}},
+		{"istiod Service selects other pods", "WEBHOOKS", inst("oauth2-proxy"), func(m *objects) {
+			m.set("Service/istio-system/istiod", map[string]any{"app": "istiod", "istio": "other"}, "spec", "selector")
+		}},
+		{"webhook port istiod does not serve", "WEBHOOKS", revInst("gke"), func(m *objects) {
+			m.set("Service/istio-system/"+revNames.Istiod, []any{map[string]any{"name": "https-webhook", "port": int64(443), "targetPort": int64(15443)}}, "spec", "ports")
+		}},
+		{"validator of no revision", "WEBHOOKS", dirSpec("istio-install/overlays/insecure"), func(m *objects) {
+			m.set("ValidatingWebhookConfiguration/istio-validator-istio-system", map[string]any{"app": "istiod"}, "metadata", "labels")
 		}},
 		{"proxy from another hub", "INJECT", inst("oauth2-proxy"), func(m *objects) {
 			m.editValues(func(v map[string]any) { setPath(v, "docker.io/istio", "global", "hub") })

@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/revision"
 )
 
 // istioConfigGroups are the API groups of the Istio configuration that
@@ -17,7 +18,7 @@ import (
 var istioConfigGroups = []string{"security.istio.io", "networking.istio.io", "telemetry.istio.io", "extensions.istio.io"}
 
 // revisionLabel selects the control plane revision of Istio config.
-const revisionLabel = "istio.io/rev"
+const revisionLabel = revision.Label
 
 // checkValidation (F19): a webhook of istiod validates the Istio config that
 // users write, whether or not it carries istio.io/rev, and fails closed; every
@@ -39,7 +40,7 @@ func checkValidation(t *target) []Problem {
 			continue
 		}
 		for _, w := range cfg.Webhooks {
-			if !callsIstiod(w.ClientConfig) {
+			if !callsIstiod(w.ClientConfig, t.names.Istiod) {
 				continue
 			}
 			if w.FailurePolicy == nil || *w.FailurePolicy != admissionv1.Fail {
@@ -48,7 +49,11 @@ func checkValidation(t *target) []Problem {
 			hooks = append(hooks, hook{object.Key(o), w})
 		}
 	}
-	for _, set := range []labels.Set{{}, {revisionLabel: "default"}} {
+	sets := []labels.Set{{}, {revisionLabel: revision.Default}}
+	if t.names.Revision != revision.Default {
+		sets = append(sets, labels.Set{revisionLabel: t.names.Revision})
+	}
+	for _, set := range sets {
 		i := slices.IndexFunc(hooks, func(h hook) bool { return validatesIstioConfig(h.w, set) })
 		if i < 0 {
 			what := "Istio config without the " + revisionLabel + " label"
@@ -61,8 +66,9 @@ func checkValidation(t *target) []Problem {
 	return p
 }
 
-// callsIstiod reports whether a webhook calls istiod's validation endpoint.
-func callsIstiod(c admissionv1.WebhookClientConfig) bool {
+// callsIstiod reports whether a webhook calls the validation endpoint of
+// the Service istiod.
+func callsIstiod(c admissionv1.WebhookClientConfig, istiod string) bool {
 	return c.Service != nil && c.Service.Namespace == ns && c.Service.Name == istiod &&
 		c.Service.Path != nil && *c.Service.Path == "/validate"
 }

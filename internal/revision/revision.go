@@ -1,0 +1,141 @@
+// Package revision names the objects of one istiod control plane the way
+// Istio's charts name them, for the default (non-revisioned) control plane
+// and for revisions such as 1-29-1, and finds the control planes of a build
+// or of a cluster.
+package revision
+
+import (
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+)
+
+// Default is the revision of a control plane installed without one: its
+// objects carry istio.io/rev=default and no suffix in their names.
+const Default = "default"
+
+// Labels Istio's charts and injector put on what belongs to a revision or a
+// tag.
+const (
+	Label    = "istio.io/rev"
+	TagLabel = "istio.io/tag"
+)
+
+// Namespace is where every control plane lives.
+const Namespace = "istio-system"
+
+// Of returns the revision name of an Istio release, as Istio's documentation
+// names canary revisions: 1.29.1 is 1-29-1.
+func Of(release string) string { return strings.ReplaceAll(release, ".", "-") }
+
+// valid matches the names Istio accepts for a revision (a DNS label).
+var valid = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+
+// Check returns an error when name cannot name a revision.
+func Check(name string) error {
+	if name == "" || len(name) > 63 || !valid.MatchString(name) {
+		return fmt.Errorf("%q is not a revision name: use lower-case letters, digits and dashes, such as %s", name, Of("1.29.1"))
+	}
+	return nil
+}
+
+// Name returns the name of the object of revision rev that the default
+// control plane calls base: istiod is istiod-1-29-1, and names that end in
+// the namespace (istio-validator-istio-system) take the revision before it
+// (istio-validator-1-29-1-istio-system). The default revision keeps base.
+func Name(base, rev string) string {
+	if rev == "" || rev == Default {
+		return base
+	}
+	if stem, ok := strings.CutSuffix(base, "-"+Namespace); ok {
+		return stem + "-" + rev + "-" + Namespace
+	}
+	return base + "-" + rev
+}
+
+// Base is the inverse of Name: the default control plane's name of the
+// object that revision rev calls name, and whether name is one of rev's.
+func Base(name, rev string) (string, bool) {
+	if rev == "" || rev == Default {
+		return name, true
+	}
+	if stem, ok := strings.CutSuffix(name, "-"+rev+"-"+Namespace); ok {
+		return stem + "-" + Namespace, true
+	}
+	return strings.CutSuffix(name, "-"+rev)
+}
+
+// Names are the objects of one control plane that kfistio reads.
+type Names struct {
+	Revision string
+	// Istiod is its Deployment and Service.
+	Istiod string
+	// Mesh and Injector are its ConfigMaps: the mesh config and the
+	// injector's templates and values.
+	Mesh, Injector string
+	// InjectorWebhook is its MutatingWebhookConfiguration, Validator its
+	// ValidatingWebhookConfiguration.
+	InjectorWebhook, Validator string
+}
+
+// NamesOf returns the names of revision rev's objects.
+func NamesOf(rev string) Names {
+	if rev == "" {
+		rev = Default
+	}
+	return Names{
+		Revision:        rev,
+		Istiod:          Name("istiod", rev),
+		Mesh:            Name("istio", rev),
+		Injector:        Name("istio-sidecar-injector", rev),
+		InjectorWebhook: Name("istio-sidecar-injector", rev),
+		Validator:       Name("istio-validator-"+Namespace, rev),
+	}
+}
+
+// DefaultValidator is the ValidatingWebhookConfiguration that validates the
+// Istio config of no revision, on behalf of the default revision or tag.
+const DefaultValidator = "istiod-default-validator"
+
+// TagWebhook names the MutatingWebhookConfiguration of tag.
+func TagWebhook(tag string) string { return "istio-revision-tag-" + tag }
+
+// IstiodContainer is the container of istiod's pods.
+const IstiodContainer = "discovery"
+
+// IsIstiod reports whether o is the Deployment of an istiod.
+func IsIstiod(o *unstructured.Unstructured) bool {
+	return o.GetKind() == "Deployment" && o.GetNamespace() == Namespace && o.GetLabels()["app"] == "istiod"
+}
+
+// OfObject returns the revision o carries in its istio.io/rev label, the
+// default when it carries none.
+func OfObject(o *unstructured.Unstructured) string {
+	if r := o.GetLabels()[Label]; r != "" {
+		return r
+	}
+	return Default
+}
+
+// Find returns the names of the control plane of objs: the revision of its
+// istiod Deployment, the default when objs hold none.
+func Find(objs []*unstructured.Unstructured) Names {
+	for _, o := range objs {
+		if IsIstiod(o) {
+			return NamesOf(OfObject(o))
+		}
+	}
+	return NamesOf(Default)
+}
+
+// Minor returns the minor version of an Istio release such as 1.26.1.
+func Minor(release string) (int, error) {
+	parts := strings.Split(release, ".")
+	if len(parts) < 2 || parts[0] != "1" {
+		return 0, fmt.Errorf("%q is not an Istio release (1.minor.patch)", release)
+	}
+	return strconv.Atoi(parts[1])
+}
