@@ -13,6 +13,7 @@ import (
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/install"
 	"github.com/kubeflow/kfistio/internal/kube"
+	"github.com/kubeflow/kfistio/internal/testcluster"
 )
 
 // mesh is an installation on the cluster, with istiod running.
@@ -22,7 +23,7 @@ type mesh struct {
 	// labels are the labels the overlay puts on other namespaces.
 	labels []*unstructured.Unstructured
 	// logMark is where istiod's log stood when the installation began.
-	logMark int
+	logMark testcluster.LogMark
 }
 
 const timeout = 2 * time.Minute

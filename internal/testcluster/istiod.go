@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -22,15 +23,22 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/upstream"
 )
 
-// The istiod the cluster runs.
+// The istiods the cluster runs: the Deployments of IstiodNamespace whose pods
+// are labelled app=istiod and have a container "discovery". IstiodName is the
+// Deployment and the Service of the default (non-revisioned) istiod.
 const (
 	IstiodNamespace  = "istio-system"
 	IstiodName       = "istiod"
+	istiodApp        = "istiod"
 	istiodContainer  = "discovery"
 	istiodBinaryName = "pilot-discovery"
 )
@@ -48,11 +56,17 @@ var istiodListeners = []struct {
 	{"monitoringAddr", 15014},
 }
 
-// RunIstiod makes the cluster run the real istiod, the pilot-discovery
-// binary of the pinned Istio release, for the Deployment istio-system/istiod
-// whenever one is installed: it plays the kubelet of that one pod and the
-// kube-proxy of its Service.
+// RunIstiod makes the cluster run the real istiod of every istiod Deployment
+// installed in istio-system, side by side: the default one (istiod) and
+// revisions (istiod-1-29-1). It plays the kubelet of the oldest running pod of
+// each, and the kube-proxy of the Services that select those pods.
 //
+//   - The binary is the pilot-discovery of the Istio release in the image tag
+//     of the container "discovery": _output/bin/pilot-discovery for the
+//     pinned release (internal/upstream.Release), _output/bin/istio-R/
+//     pilot-discovery for another release R (hack/build-istiod.sh builds
+//     both, R being the previous release, 1.26.1). A release without a
+//     binary is not run: the harness says so in the Deployment's log.
 //   - The process runs as a pod of the Deployment: with the arguments and the
 //     environment of the pod's container "discovery" (field references
 //     resolved from the pod), with the volumes the container mounts written
@@ -62,18 +76,23 @@ var istiodListeners = []struct {
 //     ServiceAccount), so the RBAC of the tree is what istiod gets.
 //   - Its listeners bind the pod's IP, a loopback address of the cluster's
 //     slot, on the ports of the container.
-//   - Each port of the Service istio-system/istiod is forwarded from the
-//     Service's ClusterIP to the pod, as kube-proxy would: the API server
-//     calls webhooks through the ClusterIP, and EndpointSlices refuse the
-//     loopback pod IPs.
+//   - Each port of every Service of istio-system whose selector selects a
+//     running istiod pod (istiod, istiod-1-29-1, tag Services such as
+//     istiod-revision-tag-default) is forwarded from the Service's ClusterIP
+//     to that pod, as kube-proxy would: the API server calls webhooks through
+//     the ClusterIP, and EndpointSlices refuse the loopback pod IPs. A
+//     Service that selects the pods of several Deployments goes to the first
+//     Deployment by name.
 //   - istiod's HTTP requests to services of the cluster (JWKS of
 //     RequestAuthentications) go through an HTTP proxy that serves what
 //     ServeInCluster registers and refuses the rest, so nothing leaves the
 //     machine, not even a DNS query.
-//   - When the pod goes away (uninstall, a rollout) the process stops, and a
-//     new pod gets a new process. Stop stops it with the cluster.
+//   - When a pod goes away (uninstall, a rollout) its process stops and its
+//     forwards go, and a new pod gets a new process. Stop stops them all
+//     with the cluster.
 //
-// istiod's output goes to istiod.log in the cluster's directory.
+// The output of the istiod of Deployment D goes to D.log in the cluster's
+// directory: istiod.log, istiod-1-29-1.log.
 func (c *Cluster) RunIstiod() error {
 	bin, err := BinDir()
 	if err != nil {
@@ -95,7 +114,7 @@ func (c *Cluster) RunIstiod() error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &istiodRunner{c: c, bin: bin, kc: kc, proxy: proxy, cancel: cancel, done: make(chan struct{}),
-		forwards: map[string]*forward{}, log: filepath.Join(c.Dir, "istiod.log")}
+		procs: map[string]*istiodProc{}, forwards: map[string]*forward{}, noted: map[string]string{}}
 	c.istiod = r
 	go r.loop(ctx)
 	return nil
@@ -110,53 +129,125 @@ func (c *Cluster) ServeInCluster(hostPort string, h http.Handler) {
 	}
 }
 
-// IstiodLogMark returns where istiod's log stands now, for IstiodLogSince
-// and IstiodErrors.
-func (c *Cluster) IstiodLogMark() int {
-	fi, err := os.Stat(filepath.Join(c.Dir, "istiod.log"))
-	if err != nil {
-		return 0
-	}
-	return int(fi.Size())
+// LogMark is where the log of each istiod stood at a moment; the zero
+// LogMark is where they begin.
+type LogMark struct {
+	// sizes of the logs, by Deployment; a log not there was empty.
+	sizes map[string]int
 }
 
-// IstiodLogSince returns what istiod logged after mark.
-func (c *Cluster) IstiodLogSince(mark int) string {
-	b, _ := os.ReadFile(filepath.Join(c.Dir, "istiod.log"))
-	if mark > len(b) {
-		return ""
+// IstiodLogMark returns where the log of every istiod stands now, for
+// IstiodLogSince, IstiodLogOf and IstiodErrors. It first makes the istiods
+// match the cluster, so that what an istiod whose pod is gone logs while it
+// stops (after an uninstall, say) comes before the mark.
+func (c *Cluster) IstiodLogMark() LogMark {
+	if c.istiod != nil {
+		c.istiod.settle()
 	}
-	return string(b[mark:])
+	m := LogMark{sizes: map[string]int{}}
+	for _, d := range c.istiodDeployments() {
+		if fi, err := os.Stat(c.istiodLog(d)); err == nil {
+			m.sizes[d] = int(fi.Size())
+		}
+	}
+	return m
+}
+
+// IstiodLogSince returns what every istiod logged after mark, the part of
+// each log headed by "== DEPLOYMENT".
+func (c *Cluster) IstiodLogSince(mark LogMark) string {
+	var b strings.Builder
+	for _, d := range c.istiodDeployments() {
+		if s := c.IstiodLogOf(d, mark); s != "" {
+			fmt.Fprintf(&b, "== %s\n%s", d, s)
+		}
+	}
+	return b.String()
+}
+
+// IstiodLogOf returns what the istiod of Deployment deployment logged after
+// mark.
+func (c *Cluster) IstiodLogOf(deployment string, mark LogMark) string {
+	b, _ := os.ReadFile(c.istiodLog(deployment))
+	if n := mark.sizes[deployment]; n < len(b) {
+		return string(b[n:])
+	}
+	return ""
 }
 
 // istiodLogLevel matches the level column of Istio's log lines.
 var istiodLogLevel = regexp.MustCompile(`^\S+\t(error|fatal)\t`)
 
-// IstiodErrors returns the lines istiod logged at level error or fatal after
-// mark.
-func (c *Cluster) IstiodErrors(mark int) []string {
+// IstiodErrors returns the lines every istiod logged at level error or fatal
+// after mark, each prefixed with its Deployment's name and ": ".
+func (c *Cluster) IstiodErrors(mark LogMark) []string {
 	var out []string
-	for _, l := range strings.Split(c.IstiodLogSince(mark), "\n") {
-		if istiodLogLevel.MatchString(l) {
-			out = append(out, l)
+	for _, d := range c.istiodDeployments() {
+		for _, l := range strings.Split(c.IstiodLogOf(d, mark), "\n") {
+			if istiodLogLevel.MatchString(l) {
+				out = append(out, d+": "+l)
+			}
 		}
 	}
 	return out
 }
 
-// IstiodAddress returns the address istiod's plaintext xDS (grpcAddr) listens
-// on, through its Service, once it runs.
-func (c *Cluster) IstiodAddress(ctx context.Context) (string, error) {
-	return c.serviceAddress(ctx, IstiodNamespace, IstiodName, "grpc-xds")
+// istiodLog is the log file of the istiod of a Deployment.
+func (c *Cluster) istiodLog(deployment string) string {
+	return filepath.Join(c.Dir, deployment+".log")
 }
 
-// WaitIstiod waits until istiod runs and answers its readiness probe.
+// istiodDeployments are the Deployments that have an istiod log, by name.
+func (c *Cluster) istiodDeployments() []string {
+	if c.istiod == nil {
+		return nil
+	}
+	c.istiod.logMu.Lock()
+	defer c.istiod.logMu.Unlock()
+	return slices.Sorted(maps.Keys(c.istiod.noted))
+}
+
+// IstiodAddress returns the address the plaintext xDS (grpcAddr) of the
+// default istiod listens on, through its Service istiod, once it runs.
+func (c *Cluster) IstiodAddress(ctx context.Context) (string, error) {
+	return c.ServiceAddress(ctx, IstiodNamespace, IstiodName, "grpc-xds")
+}
+
+// ServiceAddress returns ClusterIP:port of the port called port of the
+// Service ns/name: for example the plaintext xDS (grpc-xds) or the
+// monitoring (http-monitoring) of the istiod that Service istiod-1-29-1
+// selects.
+func (c *Cluster) ServiceAddress(ctx context.Context, ns, name, port string) (string, error) {
+	kc, err := kubernetes.NewForConfig(c.Config)
+	if err != nil {
+		return "", err
+	}
+	svc, err := kc.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("get Service/%s/%s: %w", ns, name, err)
+	}
+	for _, p := range svc.Spec.Ports {
+		if p.Name == port {
+			return net.JoinHostPort(svc.Spec.ClusterIP, strconv.Itoa(int(p.Port))), nil
+		}
+	}
+	return "", fmt.Errorf("Service/%s/%s has no port %s", ns, name, port)
+}
+
+// WaitIstiod waits until the default istiod (Deployment istiod) runs and
+// answers its readiness probe.
 func (c *Cluster) WaitIstiod(ctx context.Context) error {
+	return c.WaitIstiodOf(ctx, IstiodName)
+}
+
+// WaitIstiodOf waits until the istiod of Deployment deployment of
+// istio-system runs and answers its readiness probe.
+func (c *Cluster) WaitIstiodOf(ctx context.Context, deployment string) error {
 	if c.istiod == nil {
 		return errors.New("the cluster does not run istiod: call RunIstiod")
 	}
 	for {
-		if url := c.istiod.readyURL(); url != "" {
+		if url := c.istiod.readyURL(deployment); url != "" {
 			if resp, err := http.Get(url); err == nil {
 				_ = resp.Body.Close()
 				if resp.StatusCode == http.StatusOK {
@@ -166,28 +257,10 @@ func (c *Cluster) WaitIstiod(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("istiod not ready: %w\n%s", ctx.Err(), tail(c.istiod.log))
+			return fmt.Errorf("istiod of Deployment/%s/%s not ready: %w\n%s", IstiodNamespace, deployment, ctx.Err(), tail(c.istiodLog(deployment)))
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-}
-
-// serviceAddress is ClusterIP:port of the named port of a Service.
-func (c *Cluster) serviceAddress(ctx context.Context, ns, name, port string) (string, error) {
-	kc, err := kubernetes.NewForConfig(c.Config)
-	if err != nil {
-		return "", err
-	}
-	svc, err := kc.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return "", err
-	}
-	for _, p := range svc.Spec.Ports {
-		if p.Name == port {
-			return net.JoinHostPort(svc.Spec.ClusterIP, strconv.Itoa(int(p.Port))), nil
-		}
-	}
-	return "", fmt.Errorf("Service/%s/%s has no port %s", ns, name, port)
 }
 
 // istiodProxyPort is where the HTTP proxy for istiod's requests listens, on
@@ -199,49 +272,61 @@ type istiodRunner struct {
 	bin    string
 	kc     kubernetes.Interface
 	proxy  *clusterProxy
-	log    string
 	cancel context.CancelFunc
 	done   chan struct{}
 
 	mu sync.Mutex
-	// The process and the pod it runs as (name and UID), and its pod IP.
-	proc    *process
-	podUID  string
-	podIP   string
-	httpURL string
+	// procs are the running istiods, by Deployment.
+	procs map[string]*istiodProc
 	// forwards by ClusterIP:port.
 	forwards map[string]*forward
+
+	logMu sync.Mutex
+	// noted is the last line the harness wrote into the log of each
+	// Deployment that has one.
+	noted map[string]string
 }
 
-func (r *istiodRunner) readyURL() string {
+// istiodProc is the process of one istiod pod.
+type istiodProc struct {
+	*process
+	pod     *corev1.Pod
+	httpURL string
+}
+
+func (r *istiodRunner) readyURL(deployment string) string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.proc == nil {
-		return ""
+	if p := r.procs[deployment]; p != nil {
+		return p.httpURL + "/ready"
 	}
-	return r.httpURL + "/ready"
+	return ""
 }
 
-// stop stops the loop, the process and the forwards.
+// stop stops the loop, the processes and the forwards.
 func (r *istiodRunner) stop() error {
 	r.cancel()
 	<-r.done
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	err := r.stopProcess()
+	var errs []error
+	for d, p := range r.procs {
+		errs = append(errs, p.stop())
+		delete(r.procs, d)
+	}
 	for k, f := range r.forwards {
 		f.close()
 		delete(r.forwards, k)
 	}
 	r.proxy.close()
-	return err
+	return errors.Join(errs...)
 }
 
 func (r *istiodRunner) loop(ctx context.Context) {
 	defer close(r.done)
 	for {
 		if err := r.sync(ctx); err != nil && ctx.Err() == nil {
-			r.note("kubelet: %v", err)
+			r.note(IstiodName, "kubelet: %v", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -251,101 +336,122 @@ func (r *istiodRunner) loop(ctx context.Context) {
 	}
 }
 
-// note writes a line of the harness into istiod's log, where a failing test
-// shows it next to istiod's own lines.
-func (r *istiodRunner) note(format string, args ...any) {
-	f, err := os.OpenFile(r.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+// settle syncs now, rather than at the loop's next turn.
+func (r *istiodRunner) settle() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := r.sync(ctx); err != nil {
+		r.note(IstiodName, "kubelet: %v", err)
+	}
+}
+
+// note writes a line of the harness into the log of the istiod of a
+// Deployment, where a failing test shows it next to istiod's own lines; a
+// line that repeats the last one is left out.
+func (r *istiodRunner) note(deployment, format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	r.logMu.Lock()
+	defer r.logMu.Unlock()
+	if last, ok := r.noted[deployment]; ok && last == msg {
+		return
+	}
+	r.noted[deployment] = msg
+	f, err := os.OpenFile(r.c.istiodLog(deployment), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		return
 	}
 	defer func() { _ = f.Close() }()
-	fmt.Fprintf(f, "%s\tharness\t%s\n", time.Now().UTC().Format(time.RFC3339Nano), fmt.Sprintf(format, args...))
+	fmt.Fprintf(f, "%s\tharness\t%s\n", time.Now().UTC().Format(time.RFC3339Nano), msg)
 }
 
-// sync makes the process match the cluster: one process for the oldest
-// running pod of the Deployment, none without one.
+// sync makes the processes match the cluster: one for the oldest running
+// pod of each istiod Deployment, none for a Deployment without one. One sync
+// runs at a time.
 func (r *istiodRunner) sync(ctx context.Context) error {
-	pod, err := r.istiodPod(ctx)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	pods, err := r.istiodPods(ctx)
 	if err != nil {
 		return err
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.proc != nil {
+	for d, p := range r.procs {
 		select {
-		case <-r.proc.done:
-			r.note("kubelet: %s exited: %v; restarting it", istiodBinaryName, r.proc.err)
-			r.proc = nil
+		case <-p.done:
+			r.note(d, "kubelet: %s exited: %v; restarting it", istiodBinaryName, p.err)
+			delete(r.procs, d)
+			continue
 		default:
 		}
-	}
-	if r.proc != nil && (pod == nil || string(pod.UID) != r.podUID) {
-		if err := r.stopProcess(); err != nil {
-			return err
+		if pod := pods[d]; pod == nil || pod.UID != p.pod.UID {
+			delete(r.procs, d)
+			if err := p.stop(); err != nil {
+				r.note(d, "kubelet: %v", err)
+			}
 		}
 	}
-	if pod != nil && r.proc == nil {
-		if err := r.startProcess(ctx, pod); err != nil {
-			return fmt.Errorf("run Pod/%s/%s: %w", pod.Namespace, pod.Name, err)
+	for d, pod := range pods {
+		if r.procs[d] != nil {
+			continue
+		}
+		if err := r.start(ctx, d, pod); err != nil {
+			r.note(d, "kubelet: run Pod/%s/%s: %v", pod.Namespace, pod.Name, err)
 		}
 	}
 	return r.syncForwards(ctx)
 }
 
-// istiodPod returns the oldest running pod of the Deployment, or nil.
-func (r *istiodRunner) istiodPod(ctx context.Context) (*corev1.Pod, error) {
-	d, err := r.kc.AppsV1().Deployments(IstiodNamespace).Get(ctx, IstiodName, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return nil, nil
-	}
+// istiodPods returns the oldest running pod of each istiod Deployment, by
+// Deployment name.
+func (r *istiodRunner) istiodPods(ctx context.Context) (map[string]*corev1.Pod, error) {
+	ds, err := r.kc.AppsV1().Deployments(IstiodNamespace).List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("list Deployments of %s: %w", IstiodNamespace, err)
 	}
-	sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
+	pods, err := r.kc.CoreV1().Pods(IstiodNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=" + istiodApp})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("list Pods of %s: %w", IstiodNamespace, err)
 	}
-	pods, err := r.kc.CoreV1().Pods(IstiodNamespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
-	if err != nil {
-		return nil, err
-	}
-	var running []corev1.Pod
-	for _, p := range pods.Items {
-		if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" {
-			running = append(running, p)
+	out := map[string]*corev1.Pod{}
+	for _, d := range ds.Items {
+		tpl := &d.Spec.Template
+		if tpl.Labels["app"] != istiodApp || object.Container(&tpl.Spec, istiodContainer) == nil {
+			continue
+		}
+		sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
+		if err != nil {
+			return nil, fmt.Errorf("Deployment/%s/%s: %w", d.Namespace, d.Name, err)
+		}
+		for i := range pods.Items {
+			p := &pods.Items[i]
+			if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" || !sel.Matches(labels.Set(p.Labels)) {
+				continue
+			}
+			if o := out[d.Name]; o == nil || older(p, o) {
+				out[d.Name] = p
+			}
 		}
 	}
-	if len(running) == 0 {
-		return nil, nil
-	}
-	slices.SortFunc(running, func(a, b corev1.Pod) int {
-		if c := a.CreationTimestamp.Compare(b.CreationTimestamp.Time); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Name, b.Name)
-	})
-	return &running[0], nil
+	return out, nil
 }
 
-func (r *istiodRunner) stopProcess() error {
-	if r.proc == nil {
-		return nil
+// older reports whether a was created before b, or at the same time with a
+// name that sorts first.
+func older(a, b *corev1.Pod) bool {
+	if c := a.CreationTimestamp.Compare(b.CreationTimestamp.Time); c != 0 {
+		return c < 0
 	}
-	p := r.proc
-	r.proc, r.podUID, r.podIP, r.httpURL = nil, "", "", ""
-	return p.stop()
+	return a.Name < b.Name
 }
 
-// startProcess runs pilot-discovery as pod.
-func (r *istiodRunner) startProcess(ctx context.Context, pod *corev1.Pod) error {
-	var ctr *corev1.Container
-	for i := range pod.Spec.Containers {
-		if pod.Spec.Containers[i].Name == istiodContainer {
-			ctr = &pod.Spec.Containers[i]
-		}
-	}
+// start runs the istiod of Deployment deployment as pod.
+func (r *istiodRunner) start(ctx context.Context, deployment string, pod *corev1.Pod) error {
+	ctr := object.Container(&pod.Spec, istiodContainer)
 	if ctr == nil {
 		return fmt.Errorf("no container %s", istiodContainer)
+	}
+	release, bin, err := istiodBinary(r.bin, ctr.Image)
+	if err != nil {
+		return err
 	}
 	sum := sha256.Sum256([]byte(pod.UID))
 	root := filepath.Join(r.c.Dir, "istiod", hex.EncodeToString(sum[:4]))
@@ -368,14 +474,35 @@ func (r *istiodRunner) startProcess(ctx context.Context, pod *corev1.Pod) error 
 	}
 	args, httpAddr := listenerArgs(ctr.Args, pod.Status.PodIP)
 	args = append(args, "--kubeconfig="+kubeconfig, "--ctrlz_address="+pod.Status.PodIP)
-	p := &process{name: istiodBinaryName, bin: r.bin, args: args, log: r.log, dir: root,
+	p := &process{name: istiodBinaryName, bin: bin, args: args, log: r.c.istiodLog(deployment), dir: root,
 		env: append(env, "HTTP_PROXY=http://"+r.proxy.addr, "HOME="+root)}
-	r.note("kubelet: starting %s as Pod/%s/%s on %s", istiodBinaryName, pod.Namespace, pod.Name, pod.Status.PodIP)
+	r.note(deployment, "kubelet: starting %s of Istio %s (%s) as Pod/%s/%s on %s", istiodBinaryName, release, bin, pod.Namespace, pod.Name, pod.Status.PodIP)
 	if err := p.start(r.c.Dir); err != nil {
 		return err
 	}
-	r.proc, r.podUID, r.podIP, r.httpURL = p, string(pod.UID), pod.Status.PodIP, "http://"+httpAddr
+	r.procs[deployment] = &istiodProc{process: p, pod: pod, httpURL: "http://" + httpAddr}
 	return nil
+}
+
+// istiodBinary returns the Istio release of an istiod image, its tag
+// (without the -distroless of that variant), and the directory under bin of
+// the pilot-discovery of that release: bin for the pinned release,
+// bin/istio-RELEASE for another.
+func istiodBinary(bin, image string) (release, dir string, err error) {
+	ref, _, _ := strings.Cut(image, "@")
+	_, tag := object.SplitImage(ref)
+	if tag == "" {
+		return "", "", fmt.Errorf("image %s has no tag, so no Istio release", image)
+	}
+	release = strings.TrimSuffix(tag, "-distroless")
+	dir = bin
+	if release != upstream.Release {
+		dir = filepath.Join(bin, "istio-"+release)
+	}
+	if _, err := os.Stat(filepath.Join(dir, istiodBinaryName)); err != nil {
+		return "", "", fmt.Errorf("no %s of Istio %s (image %s) in %s: hack/build-istiod.sh builds those of %s and of the previous release", istiodBinaryName, release, image, dir, upstream.Release)
+	}
+	return release, dir, nil
 }
 
 // listenerArgs returns the container's arguments followed by flags that bind
@@ -411,7 +538,8 @@ func listenerArgs(args []string, podIP string) ([]string, string) {
 // ContainerEnv resolves the env of a container of pod as the kubelet would,
 // from the pod, ConfigMaps and Secrets, as NAME=value. A CPU limit the
 // container does not set is the node's allocatable CPU: here, this
-// machine's.
+// machine's; a memory limit it does not set, the node's allocatable memory:
+// here, the fake nodes'.
 func ContainerEnv(ctx context.Context, kc kubernetes.Interface, pod *corev1.Pod, ctr *corev1.Container) ([]string, error) {
 	var env []string
 	for _, e := range ctr.Env {
@@ -477,6 +605,9 @@ func resourceField(ctr *corev1.Container, ref *corev1.ResourceFieldSelector) (st
 		list = ctr.Resources.Limits
 	}
 	q, set := list[corev1.ResourceName(name)]
+	if !set && limit && name == "memory" {
+		q, set = nodeMemory, true
+	}
 	switch {
 	case set && name == "cpu":
 		div := ref.Divisor
@@ -669,22 +800,33 @@ func serviceAccountKubeconfig(root, server, namespace string) (string, error) {
 	return path, clientcmd.WriteToFile(*cfg, path)
 }
 
-// syncForwards forwards each port of istiod's Service from its ClusterIP to
-// the pod.
+// syncForwards forwards each port of every Service of IstiodNamespace that
+// selects the pod of a running istiod from the Service's ClusterIP to that
+// pod; a Service that selects several goes to the first Deployment by name.
 func (r *istiodRunner) syncForwards(ctx context.Context) error {
 	want := map[string]string{}
-	if r.proc != nil {
-		svc, err := r.kc.CoreV1().Services(IstiodNamespace).Get(ctx, IstiodName, metav1.GetOptions{})
-		if err != nil && !apierrors.IsNotFound(err) {
-			return err
+	if len(r.procs) > 0 {
+		svcs, err := r.kc.CoreV1().Services(IstiodNamespace).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return fmt.Errorf("list Services of %s: %w", IstiodNamespace, err)
 		}
-		if err == nil && svc.Spec.ClusterIP != "" && svc.Spec.ClusterIP != corev1.ClusterIPNone {
+		deployments := slices.Sorted(maps.Keys(r.procs))
+		for _, svc := range svcs.Items {
+			if len(svc.Spec.Selector) == 0 || svc.Spec.ClusterIP == "" || svc.Spec.ClusterIP == corev1.ClusterIPNone {
+				continue
+			}
+			sel := labels.SelectorFromSet(svc.Spec.Selector)
+			i := slices.IndexFunc(deployments, func(d string) bool { return sel.Matches(labels.Set(r.procs[d].pod.Labels)) })
+			if i < 0 {
+				continue
+			}
+			podIP := r.procs[deployments[i]].pod.Status.PodIP
 			for _, p := range svc.Spec.Ports {
 				target := p.TargetPort.IntValue()
 				if target == 0 {
 					target = int(p.Port)
 				}
-				want[net.JoinHostPort(svc.Spec.ClusterIP, strconv.Itoa(int(p.Port)))] = net.JoinHostPort(r.podIP, strconv.Itoa(target))
+				want[net.JoinHostPort(svc.Spec.ClusterIP, strconv.Itoa(int(p.Port)))] = net.JoinHostPort(podIP, strconv.Itoa(target))
 			}
 		}
 	}

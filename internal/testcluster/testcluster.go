@@ -5,7 +5,13 @@
 // cluster's slot (slot.go); Service IPs and pod IPs are loopback addresses
 // too, so nothing ever dials out.
 //
-// The binaries come from hack/build-controlplane.sh (in _output/bin).
+// With RunIstiod the cluster also runs the real istiod of each istiod
+// Deployment installed in istio-system, side by side (the default one and
+// revisions), each with the pilot-discovery of the Istio release its image
+// names, and forwards the Services that select them (istiod.go).
+//
+// The binaries come from hack/build-controlplane.sh and
+// hack/build-istiod.sh (in _output/bin).
 package testcluster
 
 import (
@@ -44,21 +50,11 @@ const KwokNodeAnnotation = "kwok.x-k8s.io/node"
 func BinDir() (string, error) {
 	dir := os.Getenv("KFISTIO_BIN_DIR")
 	if dir == "" {
-		wd, err := os.Getwd()
+		root, err := repoRoot()
 		if err != nil {
 			return "", err
 		}
-		for d := wd; ; d = filepath.Dir(d) {
-			if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-				if _, err := os.Stat(filepath.Join(d, "tools", "controlplane")); err == nil {
-					dir = filepath.Join(d, "_output", "bin")
-					break
-				}
-			}
-			if filepath.Dir(d) == d {
-				return "", errors.New("cannot find the repository root (with tools/controlplane) above " + wd)
-			}
-		}
+		dir = filepath.Join(root, "_output", "bin")
 	}
 	var missing []string
 	for _, b := range binaries {
@@ -73,6 +69,25 @@ func BinDir() (string, error) {
 		return "", fmt.Errorf("the local control plane is not built (%s missing in %s): run hack/build-controlplane.sh", strings.Join(missing, ", "), dir)
 	}
 	return dir, nil
+}
+
+// repoRoot is the root of the repository that holds the working directory:
+// the first directory above it with go.mod and tools/controlplane.
+func repoRoot() (string, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for d := wd; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			if _, err := os.Stat(filepath.Join(d, "tools", "controlplane")); err == nil {
+				return d, nil
+			}
+		}
+		if filepath.Dir(d) == d {
+			return "", errors.New("cannot find the repository root (with tools/controlplane) above " + wd)
+		}
+	}
 }
 
 // Cluster is a running control plane.
@@ -375,6 +390,9 @@ type Node struct {
 	ProviderID string
 }
 
+// nodeMemory is the capacity and allocatable memory of the fake nodes.
+var nodeMemory = resource.MustParse("256Gi")
+
 // AddNodes creates fake nodes that kwok makes Ready.
 func (c *Cluster) AddNodes(ctx context.Context, nodes ...Node) error {
 	kc, err := kubernetes.NewForConfig(c.Config)
@@ -383,7 +401,7 @@ func (c *Cluster) AddNodes(ctx context.Context, nodes ...Node) error {
 	}
 	capacity := corev1.ResourceList{
 		corev1.ResourceCPU:    resource.MustParse("32"),
-		corev1.ResourceMemory: resource.MustParse("256Gi"),
+		corev1.ResourceMemory: nodeMemory,
 		corev1.ResourcePods:   resource.MustParse("110"),
 	}
 	for _, n := range nodes {
