@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/kubeflow/kfistio/internal/build"
@@ -67,11 +68,15 @@ type installationFlags struct {
 	components          []string
 	oauth2ProxyPolicies bool
 	manifests           string
+	revision            string
+	// flags are the command's, to tell flags given from defaults.
+	flags *pflag.FlagSet
 }
 
 const autoOverlay = "auto"
 
 func (f *installationFlags) add(cmd *cobra.Command) {
+	f.flags = cmd.Flags()
 	cmd.Flags().StringVar(&f.overlay, "overlay", autoOverlay, "install overlay: "+overlayNames()+", or auto (gke on GKE, else "+build.DefaultOverlay+")")
 	cmd.Flags().StringVar(&f.clusterLocalGateway, "cluster-local-gateway", "base", "the KServe cluster-local gateway: base, m2m-auth, or none")
 	cmd.Flags().BoolVar(&f.kubeflowResources, "kubeflow-resources", true, "install kubeflow-gateway and the Kubeflow ClusterRoles")
@@ -80,11 +85,13 @@ func (f *installationFlags) add(cmd *cobra.Command) {
 	addManifestsFlag(cmd, &f.manifests)
 }
 
-// resolve turns the flags into an installation, its objects and the labels
-// its overlay needs on other namespaces. With the overlay auto, it detects the
-// platform and says what it saw on progress.
-func (f *installationFlags) resolve(ctx context.Context, c *kube.Client, progress io.Writer) (build.Installation, []*unstructured.Unstructured, []*unstructured.Unstructured, error) {
-	in := build.Installation{Overlay: f.overlay, KubeflowResources: f.kubeflowResources, Components: f.components}
+// changed reports whether the flag name was given.
+func (f *installationFlags) changed(name string) bool { return f.flags != nil && f.flags.Changed(name) }
+
+// installation turns the flags into an installation. With the overlay auto,
+// it detects the platform and says what it saw on progress.
+func (f *installationFlags) installation(ctx context.Context, c *kube.Client, progress io.Writer) (build.Installation, error) {
+	in := build.Installation{Overlay: f.overlay, KubeflowResources: f.kubeflowResources, Components: f.components, Revision: f.revision}
 	if f.oauth2ProxyPolicies && !slices.Contains(in.Components, build.OAuth2ProxyPolicies) {
 		in.Components = append(slices.Clone(in.Components), build.OAuth2ProxyPolicies)
 	}
@@ -95,12 +102,12 @@ func (f *installationFlags) resolve(ctx context.Context, c *kube.Client, progres
 		in.ClusterLocalGateway, in.M2MAuth = true, true
 	case "none":
 	default:
-		return in, nil, nil, fmt.Errorf("--cluster-local-gateway %q: use base, m2m-auth or none", f.clusterLocalGateway)
+		return in, fmt.Errorf("--cluster-local-gateway %q: use base, m2m-auth or none", f.clusterLocalGateway)
 	}
 	if in.Overlay == autoOverlay {
 		p, err := install.DetectPlatform(ctx, c)
 		if err != nil {
-			return in, nil, nil, err
+			return in, err
 		}
 		in.Overlay = build.DefaultOverlay
 		if p.GKE {
@@ -111,7 +118,17 @@ func (f *installationFlags) resolve(ctx context.Context, c *kube.Client, progres
 		}
 	}
 	if _, ok := build.LookupOverlay(in.Overlay); !ok {
-		return in, nil, nil, fmt.Errorf("unknown overlay %q: choose one of %s, or auto", in.Overlay, overlayNames())
+		return in, fmt.Errorf("unknown overlay %q: choose one of %s, or auto", in.Overlay, overlayNames())
+	}
+	return in, nil
+}
+
+// resolve turns the flags into an installation, its objects and the labels
+// its overlay needs on other namespaces.
+func (f *installationFlags) resolve(ctx context.Context, c *kube.Client, progress io.Writer) (build.Installation, []*unstructured.Unstructured, []*unstructured.Unstructured, error) {
+	in, err := f.installation(ctx, c, progress)
+	if err != nil {
+		return in, nil, nil, err
 	}
 	tree, err := openTree(f.manifests)
 	if err != nil {

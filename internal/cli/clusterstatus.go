@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/kubeflow/kfistio/internal/install"
 	"github.com/kubeflow/kfistio/internal/kube"
+	"github.com/kubeflow/kfistio/internal/upgrade"
 )
 
 func newStatusCommand(s Streams) *cobra.Command {
@@ -21,8 +23,10 @@ func newStatusCommand(s Streams) *cobra.Command {
 		Use:   "status",
 		Short: "Show what kfistio installed on a cluster and how it is doing",
 		Long: `Read the installation kfistio recorded on the cluster and report the overlay,
-the Istio release, the readiness of each workload (with the reason from its
-pods when it is not ready), and whether the cluster drifted from the tree.`,
+the Istio release, the upgrade by revision under way (and its next step), each
+control plane revision with its release and the pods whose proxies it serves,
+the readiness of each workload (with the reason from its pods when it is not
+ready), and whether the cluster drifted from the tree.`,
 		Example: `  kfistio status
   kfistio status -o json`,
 		Args: cobra.NoArgs,
@@ -45,12 +49,46 @@ pods when it is not ready), and whether the cluster drifted from the tree.`,
 			if err != nil {
 				return err
 			}
-			return writeOutput(s.Out, output, st, func() error {
+			revs, err := upgrade.Revisions(ctx, in)
+			if err != nil {
+				return err
+			}
+			out := struct {
+				*install.Status
+				Revisions []upgrade.Revision `json:"revisions"`
+			}{st, revs}
+			return writeOutput(s.Out, output, out, func() error {
 				complete := "complete"
 				if !inv.Complete {
 					complete = "incomplete: an install was interrupted; run kfistio install again"
 				}
 				fmt.Fprintf(s.Out, "Overlay:  %s\nIstio:    %s (installed by kfistio %s)\nInstall:  %s\n", installed.Name(), inv.IstioRelease, inv.KfistioVersion, complete)
+				if up := inv.Upgrade; up != nil {
+					inUse := 0
+					for _, r := range revs {
+						if r.Revision != up.Default {
+							inUse += len(upgrade.WithoutGateways(r.Workloads))
+						}
+					}
+					fmt.Fprintf(s.Out, "Upgrade:  by revision, from %s (Istio %s) to %s; revision %s is the default; next: %s\n", up.From, up.FromRelease, up.To, up.Default, upgrade.Next(up, inUse))
+				}
+				fmt.Fprintln(s.Out, "Revisions:")
+				for _, r := range revs {
+					mark, role := "✓", ""
+					if r.Status != "Current" {
+						mark = "✗"
+					}
+					if r.Default {
+						role = ", the default"
+					}
+					if len(r.Tags) > 0 {
+						role += " (tags: " + strings.Join(r.Tags, ", ") + ")"
+					}
+					fmt.Fprintf(s.Out, "  %s %s: Istio %s%s; its proxies run in %d pods of %d workloads\n", mark, r.Revision, r.Release, role, r.Pods, len(r.Workloads))
+					for _, w := range r.Workloads {
+						fmt.Fprintf(s.Out, "      %s: %d pods, proxy %s\n", w.Workload, len(w.Pods), w.Proxy)
+					}
+				}
 				fmt.Fprintln(s.Out, "Components:")
 				for _, comp := range st.Components {
 					mark := "✓"

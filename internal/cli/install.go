@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 
@@ -20,6 +21,7 @@ func newInstallCommand(s Streams) *cobra.Command {
 		dryRun  bool
 		force   bool
 		adopt   bool
+		inPlace bool
 		output  string
 	)
 	cmd := &cobra.Command{
@@ -81,15 +83,25 @@ unchanged, pruned per object) to standard output.`,
   kfistio install --context prod --cluster-local-gateway none --kubeflow-resources=false`,
 		Args: cobra.NoArgs,
 		RunE: cluster.runE(s, &output, func(ctx context.Context, c *kube.Client) error {
+			in := &install.Installer{Client: c, Progress: progressFunc(s.Err)}
+			if !what.changed("revision") {
+				// Keep the revision kfistio installed.
+				inv, err := in.ReadInventory(ctx)
+				if err != nil && !errors.Is(err, install.ErrNotInstalled) {
+					return err
+				}
+				if inv != nil {
+					what.revision = inv.Revision
+				}
+			}
 			inst, objs, labels, err := what.resolve(ctx, c, s.Err)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(s.Err, "Installing %s on %s (context %q)\n", inst.Name(), c.Host, c.Context)
-			in := &install.Installer{Client: c, Progress: progressFunc(s.Err)}
 			cs, err := in.Install(ctx, install.Options{
 				Installation: inst, Objects: objs, NamespaceLabels: labels, DryRun: dryRun, ForceConflicts: force, Adopt: adopt,
-				Timeout: cluster.timeout, Version: currentVersion().Version,
+				UnsupportedInPlace: inPlace, Timeout: cluster.timeout, Version: currentVersion().Version,
 			})
 			if werr := writeOutput(s.Out, output, cs, func() error { return writeChanges(s.Out, cs, dryRun) }); werr != nil && err == nil {
 				err = werr
@@ -110,6 +122,8 @@ unchanged, pruned per object) to standard output.`,
 	what.add(cmd)
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "send server-side dry-run requests only, and print what would change")
 	cmd.Flags().BoolVar(&force, "force-conflicts", false, "take over fields of kfistio's objects whose values other field managers changed")
+	cmd.Flags().StringVar(&what.revision, "revision", "", "install the control plane as revision "+upstream.Revision+" (istiod-"+upstream.Revision+", the default tag pointing at it) rather than as the default control plane; by default, the revision kfistio installed before, if any")
+	cmd.Flags().BoolVar(&inPlace, "unsupported-in-place", false, "replace a running istiod more than one minor release away in place, which Istio does not support (upgrade by revision instead: kfistio upgrade); then restart every injected workload")
 	cmd.Flags().BoolVar(&adopt, "adopt", false, "take over an installation that another tool applied (kubectl apply, client- or server-side): kfistio becomes the only field manager of its objects, and what the previous release set and this one does not is removed")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format of the change set: text or json")
 	return cmd

@@ -79,6 +79,7 @@ tree on disk instead with --manifests.`,
 		newDiffCommand(s),
 		newStatusCommand(s),
 		newUninstallCommand(s),
+		newUpgradeCommand(s),
 		newDoctorCommand(s),
 		newVersionCommand(s),
 	)

@@ -2,6 +2,7 @@ package doctor
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/kubeflow/kfistio/internal/inject"
 	"github.com/kubeflow/kfistio/internal/kube"
 	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/revision"
 )
 
 // StaleWorkload is a workload whose pods run sidecars of another Istio
@@ -40,6 +42,33 @@ func StaleProxies(ctx context.Context, c *kube.Client, release string) ([]StaleW
 	return (&owners{c: c}).stale(ctx, pods.Items, release)
 }
 
+// ProxiesOf lists the workloads of pods (all of the cluster's, read once)
+// whose pods run a proxy (sidecar or gateway) of the control plane revision
+// rev, sorted; Proxy says the release they run.
+func ProxiesOf(ctx context.Context, c *kube.Client, pods []corev1.Pod, rev string) ([]StaleWorkload, error) {
+	return (&owners{c: c}).group(ctx, pods, func(p *corev1.Pod) (string, bool) {
+		tag, ok := proxyRelease(p)
+		return tag, ok && PodRevision(p) == rev && p.DeletionTimestamp == nil
+	})
+}
+
+// PodRevision returns the control plane revision whose proxy p runs: for an
+// injected pod, the revision its injection recorded in its
+// sidecar.istio.io/status annotation; for a gateway, the istio.io/rev label
+// of its pod template; "default" without either.
+func PodRevision(p *corev1.Pod) string {
+	var status struct {
+		Revision string `json:"revision"`
+	}
+	if s := p.Annotations[sidecarStatusAnno]; s != "" && json.Unmarshal([]byte(s), &status) == nil && status.Revision != "" {
+		return status.Revision
+	}
+	if r := p.Labels[revision.Label]; r != "" {
+		return r
+	}
+	return revision.Default
+}
+
 // proxyRelease returns the release of p's sidecar, and whether it has one.
 func proxyRelease(p *corev1.Pod) (string, bool) {
 	for _, c := range append(append([]corev1.Container{}, p.Spec.InitContainers...), p.Spec.Containers...) {
@@ -62,11 +91,20 @@ type owners struct {
 }
 
 func (o *owners) stale(ctx context.Context, pods []corev1.Pod, release string) ([]StaleWorkload, error) {
+	return o.group(ctx, pods, func(p *corev1.Pod) (string, bool) {
+		tag, ok := proxyRelease(p)
+		return tag, ok && release != "" && tag != release
+	})
+}
+
+// group returns, by workload, the pods for which pick returns true, with
+// the proxy release it returns.
+func (o *owners) group(ctx context.Context, pods []corev1.Pod, pick func(*corev1.Pod) (string, bool)) ([]StaleWorkload, error) {
 	byWorkload := map[string]*StaleWorkload{}
 	for i := range pods {
 		p := &pods[i]
-		tag, ok := proxyRelease(p)
-		if !ok || release == "" || tag == release {
+		tag, ok := pick(p)
+		if !ok {
 			continue
 		}
 		w, restart, err := o.workload(ctx, p)

@@ -1,11 +1,9 @@
 package install
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,52 +13,25 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"sigs.k8s.io/yaml"
 
 	"github.com/kubeflow/kfistio/internal/inject"
 	"github.com/kubeflow/kfistio/internal/object"
 	"github.com/kubeflow/kfistio/internal/testcluster"
 )
 
-// previousRelease is what the fixture's istiod claims to run.
-const previousRelease = "1.26.1"
+// previousRelease is the release of Kubeflow's previous Istio tree.
+const previousRelease = testcluster.PreviousRelease
 
-// previousInstallation is the installation of overlay as an older Kubeflow
-// release would have it: istiod of previousRelease with an environment
-// variable the new release no longer sets, two objects of Istio's base chart
-// that the new release lacks, and a ConfigMap of the user's in istio-system.
-// The webhooks are left out: without istiod answering, they would refuse
-// the Istio resources applied with them.
-func previousInstallation(t *testing.T, overlay string) (crds, rest []*unstructured.Unstructured) {
+// previousInstallation is Kubeflow's Istio tree of previousRelease
+// (testcluster.PreviousKubeflow), with what an older default profile had and
+// this tree has not (the egress gateway's ServiceAccount and Role), and a
+// ConfigMap of the user's in istio-system.
+func previousInstallation(t *testing.T) (crds, rest []*unstructured.Unstructured) {
 	t.Helper()
-	_, objs := objects(t, overlay)
-	for _, o := range objs {
-		o = o.DeepCopy()
-		switch {
-		case o.GroupVersionKind().Group == "admissionregistration.k8s.io":
-			continue
-		case o.GetKind() == "CustomResourceDefinition":
-			crds = append(crds, o)
-			continue
-		case object.Key(o) == istiodKey:
-			containers, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
-			for _, c := range containers {
-				c := c.(map[string]any)
-				if c["name"] != "discovery" {
-					continue
-				}
-				image := c["image"].(string)
-				c["image"] = image[:strings.LastIndex(image, ":")+1] + previousRelease
-				c["env"] = append(c["env"].([]any), map[string]any{"name": "GOMEMLIMIT", "valueFrom": map[string]any{
-					"resourceFieldRef": map[string]any{"resource": "limits.memory"}}})
-			}
-			if err := unstructured.SetNestedSlice(o.Object, containers, "spec", "template", "spec", "containers"); err != nil {
-				t.Fatal(err)
-			}
-		}
-		rest = append(rest, o)
+	crds, rest, err := testcluster.PreviousKubeflow("")
+	if err != nil {
+		t.Fatal(err)
 	}
-	// The egress gateway of an older default profile.
 	egress := map[string]any{"app": "istio-egressgateway", "app.kubernetes.io/part-of": "istio", componentLabel: "EgressGateways", "install.operator.istio.io/owning-resource": "unknown"}
 	rest = append(rest,
 		&unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "ServiceAccount",
@@ -70,10 +41,7 @@ func previousInstallation(t *testing.T, overlay string) (crds, rest []*unstructu
 			"rules":    []any{map[string]any{"apiGroups": []any{""}, "resources": []any{"secrets"}, "verbs": []any{"get"}}}}},
 		&unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "ConfigMap",
 			"metadata": map[string]any{"name": "site-notes", "namespace": "istio-system"}, "data": map[string]any{"owner": "platform team"}}},
-		// Kubeflow's own namespace, where kubeflow-gateway lives.
-		&unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": "kubeflow"}}},
 	)
-	object.Sort(crds)
 	object.Sort(rest)
 	return crds, rest
 }
@@ -81,31 +49,19 @@ func previousInstallation(t *testing.T, overlay string) (crds, rest []*unstructu
 // kubectl runs the kubectl of the control-plane build against the cluster.
 func kubectl(t *testing.T, args ...string) {
 	t.Helper()
-	bin, err := testcluster.BinDir()
-	if err != nil {
+	if _, err := cluster.Kubectl(args...); err != nil {
 		t.Fatal(err)
-	}
-	cmd := exec.Command(filepath.Join(bin, "kubectl"), append([]string{"--kubeconfig", cluster.Kubeconfig}, args...)...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out.String())
 	}
 }
 
 func writeYAML(t *testing.T, objs []*unstructured.Unstructured) string {
 	t.Helper()
-	var b bytes.Buffer
-	for _, o := range objs {
-		y, err := yaml.Marshal(o.Object)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b.WriteString("---\n")
-		b.Write(y)
+	b, err := object.Marshal(objs)
+	if err != nil {
+		t.Fatal(err)
 	}
 	f := filepath.Join(t.TempDir(), "objects.yaml")
-	if err := os.WriteFile(f, b.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(f, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return f
@@ -113,13 +69,16 @@ func writeYAML(t *testing.T, objs []*unstructured.Unstructured) string {
 
 // applyPrevious applies the previous installation as its users did: the
 // CRDs server-side (too large for client-side apply), the rest client-side
-// or server-side. The cleanup deletes whatever of it is still there.
+// or server-side; then waits until its istiod runs and has let its validator
+// fail closed. The cleanup deletes whatever of it is still there.
 func applyPrevious(t *testing.T, serverSide bool) {
-	crds, rest := previousInstallation(t, "oauth2-proxy")
+	crds, rest := previousInstallation(t)
 	crdFile, restFile := writeYAML(t, crds), writeYAML(t, rest)
 	t.Cleanup(func() {
 		purge(t)
-		kubectl(t, "delete", "--ignore-not-found", "--wait", "-f", restFile)
+		if out, err := cluster.Kubectl("delete", "--ignore-not-found", "--wait", "-f", restFile); err != nil && !strings.Contains(out, "ensure CRDs are installed first") {
+			t.Error(err)
+		}
 		kubectl(t, "delete", "--ignore-not-found", "--wait", "-f", crdFile)
 		waitNamespaceGone(t, "istio-system")
 		waitNamespaceGone(t, "kubeflow")
@@ -131,6 +90,12 @@ func applyPrevious(t *testing.T, serverSide bool) {
 	} else {
 		kubectl(t, "apply", "-f", restFile)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := cluster.WaitIstiod(ctx); err != nil {
+		t.Fatal(err)
+	}
+	kubectl(t, "wait", "--for=jsonpath={.webhooks[0].failurePolicy}=Fail", "--timeout=2m", "validatingwebhookconfiguration/istio-validator-istio-system")
 }
 
 // waitNamespaceGone waits until the namespace is deleted, if it is being
@@ -161,8 +126,12 @@ func otherManagers(o *unstructured.Unstructured) []string {
 	return out
 }
 
-// Kubeflow's Istio applied with kubectl, client-side or server-side: a plain
-// install refuses with no write; --adopt takes it over, removes what the
+// Kubeflow's Istio 1.26.1 applied with kubectl, client-side or server-side,
+// its real istiod running: a plain install, with or without --adopt, refuses
+// the in-place jump of three minor releases with no write; with
+// --unsupported-in-place, a plain install refuses another installation's
+// objects with no write; --adopt takes it over, while a controller keeps
+// writing to its webhooks (the conflicts are retried), removes what the
 // previous release set and this one does not, prunes what it left with
 // Istio's labels and lists the rest; diff is then clean, a second install
 // writes nothing, and uninstall leaves nothing labelled.
@@ -181,6 +150,15 @@ func TestAdopt(t *testing.T) {
 			o := options(t, "oauth2-proxy")
 
 			in, counter := admin(t)
+			for _, adopt := range []bool{false, true} {
+				o.Adopt = adopt
+				_, err := in.Install(ctx, o)
+				var skew *SkewError
+				if !errors.As(err, &skew) || skew.From != previousRelease || !strings.Contains(err.Error(), "--unsupported-in-place") {
+					t.Fatalf("install (adopt %v) over Istio %s: %v", adopt, previousRelease, err)
+				}
+			}
+			o.Adopt, o.UnsupportedInPlace = false, true
 			_, err := in.Install(ctx, o)
 			var fe *ForeignError
 			if !errors.As(err, &fe) || fe.Release != previousRelease || len(fe.Managers[mode.manager]) == 0 ||
@@ -201,17 +179,25 @@ func TestAdopt(t *testing.T) {
 				t.Errorf("install --force-conflicts over a kubectl installation: %v", err)
 			}
 
+			// From here on another writer keeps updating the objects that
+			// adoption moves, as istiod does its webhooks.
+			stop := cluster.KeepWriting(
+				Ref{APIVersion: "admissionregistration.k8s.io/v1", Kind: "ValidatingWebhookConfiguration", Name: "istio-validator-istio-system"}.stub(),
+				Ref{APIVersion: "admissionregistration.k8s.io/v1", Kind: "MutatingWebhookConfiguration", Name: "istio-sidecar-injector"}.stub(),
+				Ref{APIVersion: "apps/v1", Kind: "DaemonSet", Namespace: "kube-system", Name: "istio-cni-node"}.stub(),
+			)
+			defer stop()
 			o.Adopt = true
 			// The dry run writes nothing and previews the stale fields.
 			preview := o
 			preview.DryRun = true
-			dryIn, counter := admin(t)
+			dryIn, dryCounter := admin(t)
 			dry, err := dryIn.Install(ctx, preview)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if w := counter.Writes(); w != 0 {
-				t.Errorf("install --adopt --dry-run made %d writes (%s)", w, counter)
+			if w := dryCounter.Writes(); w != 0 {
+				t.Errorf("install --adopt --dry-run made %d writes (%s)", w, dryCounter)
 			}
 			previewed := change(dry, istiodKey)
 			if previewed == nil || previewed.Action != Adopted ||
@@ -220,8 +206,13 @@ func TestAdopt(t *testing.T) {
 			}
 
 			cs, err := in.Install(ctx, o)
+			updates := stop()
 			if err != nil {
 				t.Fatal(err)
+			}
+			t.Logf("adopt met %v conflicts while another writer updated the objects %d times", counter.Conflicts(), updates)
+			if counter.Conflicts()["patch"] == 0 {
+				t.Errorf("no managedFields move met a conflict (%d updates of the other writer, %v): the test proves nothing about retries", updates, counter.Conflicts())
 			}
 			istiod := change(cs, istiodKey)
 			if istiod == nil || istiod.Action != Adopted || !strings.Contains(istiod.Note, mode.manager) ||

@@ -110,7 +110,7 @@ func (in *Installer) apply(ctx context.Context, o, live *unstructured.Unstructur
 		return "", "", err
 	}
 	if live == nil {
-		if err := in.beforeWrite(ctx); err != nil {
+		if err := in.BeforeWrite(ctx); err != nil {
 			return "", "", err
 		}
 		after, err := patch(ctx, res, o, body, force, dryRun)
@@ -130,7 +130,7 @@ func (in *Installer) apply(ctx context.Context, o, live *unstructured.Unstructur
 		return Unchanged, fingerprint(body, live), nil
 	}
 	if !dryRun {
-		if err := in.beforeWrite(ctx); err != nil {
+		if err := in.BeforeWrite(ctx); err != nil {
 			return "", "", err
 		}
 		if after, err = patch(ctx, res, o, body, force, false); err != nil {

@@ -67,7 +67,7 @@ func (in *Installer) diff(ctx context.Context, snap *Snapshot, inv *Inventory, o
 	var out []ObjectDiff
 	var desired []Ref
 	for i, o := range ordered {
-		desired = append(desired, refOf(o))
+		desired = append(desired, RefOf(o))
 		if diffs[i] != nil {
 			out = append(out, *diffs[i])
 		}

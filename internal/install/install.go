@@ -39,7 +39,8 @@ type Event struct {
 	Err  error
 }
 
-func (in *Installer) step(name string, fn func() error) error {
+// Step reports the step name to Progress as it starts and ends, around fn.
+func (in *Installer) Step(name string, fn func() error) error {
 	if in.Progress != nil {
 		in.Progress(Event{Step: name})
 	}
@@ -74,6 +75,9 @@ type Options struct {
 	Timeout time.Duration
 	// Version of kfistio, for the inventory.
 	Version string
+	// Release is the Istio release of Objects, for the inventory; empty for
+	// the tree's.
+	Release string
 }
 
 // DefaultTimeout bounds each wait of an install.
@@ -91,12 +95,16 @@ func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err e
 	if err != nil {
 		return nil, err
 	}
+	if err := checkRevision(prev, o.Installation); err != nil {
+		return nil, err
+	}
 	var previous []Ref
 	var last map[string]string
-	rv := ""
 	if prev != nil {
-		previous, last, rv = prev.Objects, prev.Applied, prev.resourceVersion
+		previous, last = prev.Objects, prev.Applied
 	}
+	// base is the inventory as this run last read or wrote it.
+	base := prev
 	// Read what is there, and refuse before any write.
 	snap, err := in.Snapshot(ctx, append(stubs(previous), o.Objects...))
 	if err != nil {
@@ -107,65 +115,33 @@ func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err e
 		return nil, err
 	}
 	if !o.DryRun {
-		release := in.begin(prev)
+		release := in.Begin(prev)
 		defer func() { err = errors.Join(err, release()) }()
 	}
 	var desired []Ref
 	for _, obj := range o.Objects {
-		desired = append(desired, refOf(obj))
+		desired = append(desired, RefOf(obj))
 	}
-	inv := newInventory(o.Installation, o.Version, desired)
+	inv := NewInventory(o.Installation, o.Version, desired)
+	if o.Release != "" {
+		inv.IstioRelease = o.Release
+	}
 	if all := union(previous, desired); !o.DryRun && (prev == nil || len(all) > len(previous)) {
 		// Record first what this install may create, so that an interrupted
 		// run can still be pruned or uninstalled.
 		during := *inv
 		during.Objects = all
-		if err := in.beforeWrite(ctx); err != nil {
+		if err := in.WriteInventory(ctx, &during, base); err != nil {
 			return nil, err
 		}
-		if err := writeInventory(ctx, in.Client.Kube, &during, rv); err != nil {
-			return nil, err
-		}
-		rv = during.resourceVersion
+		base = &during
 	}
-	r := &run{in: in, o: o, snap: snap, adopt: adopt, last: last, applied: map[string]string{}, newNamespaces: map[string]bool{}, newKinds: map[schema.GroupKind]bool{}}
-	for _, s := range stages(o.Objects) {
-		if len(s.objs) == 0 {
-			continue
-		}
-		// Kinds whose CRDs the first stage created are listed now.
-		if err := snap.Read(ctx, in, s.objs); err != nil {
-			return r.changes, err
-		}
-		if s.name == stageControlPlane {
-			if err := r.ensureNamespaces(ctx); err != nil {
-				return r.changes, err
-			}
-			if err := r.labelNamespaces(ctx); err != nil {
-				return r.changes, err
-			}
-		}
-		err := in.step(fmt.Sprintf("Applying %s (%d objects)", s.name, len(s.objs)), func() error { return r.applyAll(ctx, s.objs) })
-		if err != nil {
-			return r.changes, err
-		}
-		if s.name == stageFoundation {
-			in.Client.ResetDiscovery()
-		}
-		if s.wait != "" && !o.DryRun {
-			err := in.step("Waiting for "+s.wait, func() error {
-				if err := in.wait(ctx, "waiting for "+s.wait, s.objs, o.Timeout); err != nil || s.name != stageWebhooks || !validates(s.objs) {
-					return err
-				}
-				return in.waitValidation(ctx, "waiting for "+s.wait, o.Timeout)
-			})
-			if err != nil {
-				return r.changes, err
-			}
-		}
+	r := in.newRun(o, snap, adopt, last)
+	if err := r.stages(ctx); err != nil {
+		return r.changes, err
 	}
 	if gone := stale(previous, desired); len(gone) > 0 {
-		err := in.step(fmt.Sprintf("Pruning %d objects the installation no longer has", len(gone)), func() error {
+		err := in.Step(fmt.Sprintf("Pruning %d objects the installation no longer has", len(gone)), func() error {
 			changes, err := in.remove(ctx, snap, gone, Pruned, false, o.DryRun)
 			r.changes = append(r.changes, changes...)
 			return err
@@ -181,7 +157,7 @@ func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err e
 				Note: "left by the previous installation; not an Istio object, so left alone: delete it if nothing needs it"})
 		}
 		if len(prune) > 0 {
-			err := in.step(fmt.Sprintf("Pruning %d objects the previous installation left", len(prune)), func() error {
+			err := in.Step(fmt.Sprintf("Pruning %d objects the previous installation left", len(prune)), func() error {
 				var errs []error
 				for _, l := range prune {
 					c, err := in.removeOne(ctx, l, Pruned, false, o.DryRun)
@@ -214,10 +190,7 @@ func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err e
 	if o.DryRun || sameInventory(prev, inv) {
 		return r.changes, nil
 	}
-	if err := in.beforeWrite(ctx); err != nil {
-		return r.changes, err
-	}
-	return r.changes, writeInventory(ctx, in.Client.Kube, inv, rv)
+	return r.changes, in.WriteInventory(ctx, inv, base)
 }
 
 // preflight refuses, before any write, an install into namespaces that are
@@ -256,15 +229,9 @@ func (in *Installer) preflight(ctx context.Context, o Options, snap *Snapshot) (
 		return nil, errors.Join(errs...)
 	}
 	var helm []string
-	var existing, lives []*unstructured.Unstructured
 	for _, obj := range o.Objects {
-		l, _ := snap.Get(in, obj)
-		switch {
-		case l == nil:
-		case helmRelease(l) != "":
+		if l, _ := snap.Get(in, obj); l != nil && helmRelease(l) != "" {
 			helm = append(helm, object.Key(obj)+": "+helmRelease(l))
-		default:
-			existing, lives = append(existing, obj), append(lives, l)
 		}
 	}
 	if len(helm) > 0 {
@@ -274,21 +241,9 @@ func (in *Installer) preflight(ctx context.Context, o Options, snap *Snapshot) (
 	if err := checkSkew(release, upstream.Release); err != nil && !o.UnsupportedInPlace {
 		return nil, err
 	}
-	results := make([]*owned, len(existing))
-	if errs := inParallel(ctx, len(existing), in.concurrency(), func(i int) error {
-		var err error
-		results[i], err = in.ownership(ctx, existing[i], lives[i])
-		return err
-	}); len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	var found []*owned
-	adopt := map[string]*owned{}
-	for _, f := range results {
-		if f != nil {
-			found = append(found, f)
-			adopt[f.key] = f
-		}
+	adopt, found, err := in.owners(ctx, o.Objects, snap)
+	if err != nil {
+		return nil, err
 	}
 	if len(found) > 0 && !o.Adopt {
 		return nil, foreignError(found, image, release)
@@ -309,6 +264,79 @@ func (in *Installer) istiodRelease(snap *Snapshot, objs []*unstructured.Unstruct
 		}
 	}
 	return "", ""
+}
+
+// Apply applies o.Objects, part of an installation, over the live objects
+// of snap as Install does: in its stages, with its waits, the labels of
+// o.NamespaceLabels label-only; objects that other field managers own are
+// adopted when o.Adopt is set. last are the fingerprints the inventory
+// recorded. It returns the changes and the fingerprints of what it applied.
+// It neither reads nor writes the inventory, and prunes nothing: that is for
+// the caller, which holds the lease (Begin).
+func (in *Installer) Apply(ctx context.Context, o Options, snap *Snapshot, last map[string]string) (ChangeSet, map[string]string, error) {
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
+	var adopt map[string]*owned
+	if o.Adopt {
+		if err := snap.Read(ctx, in, o.Objects); err != nil {
+			return nil, nil, err
+		}
+		var err error
+		if adopt, _, err = in.owners(ctx, o.Objects, snap); err != nil {
+			return nil, nil, err
+		}
+	}
+	r := in.newRun(o, snap, adopt, last)
+	err := r.stages(ctx)
+	return r.changes, r.applied, err
+}
+
+func (in *Installer) newRun(o Options, snap *Snapshot, adopt map[string]*owned, last map[string]string) *run {
+	return &run{in: in, o: o, snap: snap, adopt: adopt, last: last, applied: map[string]string{},
+		newNamespaces: map[string]bool{}, newKinds: map[schema.GroupKind]bool{}}
+}
+
+// stages applies the objects in install's stages and waits after each that
+// needs it.
+func (r *run) stages(ctx context.Context) error {
+	in, o := r.in, r.o
+	for _, s := range stages(o.Objects) {
+		if len(s.objs) == 0 {
+			continue
+		}
+		// Kinds whose CRDs the first stage created are listed now.
+		if err := r.snap.Read(ctx, in, s.objs); err != nil {
+			return err
+		}
+		if s.name == stageControlPlane {
+			if err := r.ensureNamespaces(ctx); err != nil {
+				return err
+			}
+			if err := r.labelNamespaces(ctx); err != nil {
+				return err
+			}
+		}
+		err := in.Step(fmt.Sprintf("Applying %s (%d objects)", s.name, len(s.objs)), func() error { return r.applyAll(ctx, s.objs) })
+		if err != nil {
+			return err
+		}
+		if s.name == stageFoundation {
+			in.Client.ResetDiscovery()
+		}
+		if s.wait != "" && !o.DryRun {
+			err := in.Step("Waiting for "+s.wait, func() error {
+				if err := in.Wait(ctx, "waiting for "+s.wait, s.objs, o.Timeout); err != nil || s.name != stageWebhooks {
+					return err
+				}
+				return in.waitValidation(ctx, "waiting for "+s.wait, s.objs, o.Timeout)
+			})
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // run is the state of one Install.
@@ -392,20 +420,31 @@ func (r *run) adoptOne(ctx context.Context, obj, live *unstructured.Unstructured
 	if err != nil {
 		return Change{}, "", err
 	}
-	after, err := patch(ctx, res, obj, body, true, r.o.DryRun)
-	if err != nil {
-		return Change{}, "", err
-	}
-	if r.o.DryRun {
+	var after *unstructured.Unstructured
+	// The dry-run update holds only while the object is what the dry-run
+	// apply returned; when another writer changed it in between, both are
+	// sent again.
+	err = onConflict(ctx, c.Object, "adopt", func(bool) error {
+		var err error
+		if after, err = patch(ctx, res, obj, body, true, r.o.DryRun); err != nil || !r.o.DryRun {
+			return err
+		}
 		trial, err := withoutAdopted(after, moved, f.managers)
 		if err != nil {
-			return Change{}, "", err
+			return err
 		}
 		trial, err = res.Update(ctx, trial, metav1.UpdateOptions{FieldManager: FieldManager, DryRun: []string{metav1.DryRunAll}})
-		if err != nil {
-			return Change{}, "", fmt.Errorf("adopt %s: dry-run update without the fields of %s: %w", c.Object, from, err)
+		switch {
+		case apierrors.IsConflict(err):
+			return err
+		case err != nil:
+			return fmt.Errorf("adopt %s: dry-run update without the fields of %s: %w", c.Object, from, err)
 		}
 		after = trial
+		return nil
+	})
+	if err != nil {
+		return Change{}, "", err
 	}
 	c.Removed = staleFields(moved, after)
 	return c, fingerprint(body, after), nil
@@ -453,7 +492,7 @@ func (r *run) ensureNamespaces(ctx context.Context) error {
 		}
 		ns := ns.GetName()
 		opts := metav1.CreateOptions{FieldManager: FieldManager}
-		if err := r.in.beforeWrite(ctx); err != nil {
+		if err := r.in.BeforeWrite(ctx); err != nil {
 			return err
 		}
 		if r.o.DryRun {
@@ -529,6 +568,12 @@ func (in *Installer) managed(snap *Snapshot, stub *unstructured.Unstructured) (*
 	return live, nil
 }
 
+// Delete deletes the live object o, whoever made it (a previous
+// installation's), as prune does.
+func (in *Installer) Delete(ctx context.Context, o *unstructured.Unstructured, dryRun bool) (Change, error) {
+	return in.removeOne(ctx, o, Pruned, true, dryRun)
+}
+
 // removeOne deletes, releases or keeps the live object o.
 func (in *Installer) removeOne(ctx context.Context, o *unstructured.Unstructured, action Action, purge, dryRun bool) (Change, error) {
 	key := object.Key(o)
@@ -537,7 +582,7 @@ func (in *Installer) removeOne(ctx context.Context, o *unstructured.Unstructured
 		return Change{}, err
 	}
 	if kept := o.GetKind() == "CustomResourceDefinition" && !purge; !kept {
-		if err := in.beforeWrite(ctx); err != nil {
+		if err := in.BeforeWrite(ctx); err != nil {
 			return Change{}, err
 		}
 	}

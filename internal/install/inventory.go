@@ -3,6 +3,7 @@ package install
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -42,7 +43,8 @@ type Ref struct {
 	Name       string `json:"name"`
 }
 
-func refOf(o *unstructured.Unstructured) Ref {
+// RefOf names o in the inventory.
+func RefOf(o *unstructured.Unstructured) Ref {
 	return Ref{APIVersion: o.GetAPIVersion(), Kind: o.GetKind(), Namespace: o.GetNamespace(), Name: o.GetName()}
 }
 
@@ -95,18 +97,56 @@ type Inventory struct {
 	KubeflowResources   bool   `json:"kubeflowResources"`
 	// Components are the opt-in components of the installation.
 	Components []string `json:"components,omitempty"`
+	// Revision is the control plane revision of the installation, empty for
+	// the default control plane.
+	Revision string `json:"revision,omitempty"`
 	// IstioRelease applied, and the kfistio version that applied it.
 	IstioRelease   string `json:"istioRelease"`
 	KfistioVersion string `json:"kfistioVersion"`
 	// Complete is false while an install is under way (or was interrupted).
 	Complete bool  `json:"complete"`
 	Objects  []Ref `json:"objects"`
-	// resourceVersion of the ConfigMap it was read from or written to; the
-	// next write is refused if the ConfigMap changed in between.
-	resourceVersion string
+	// cm is the ConfigMap it was read from or written to; the next write
+	// holds only while the ConfigMap is unchanged.
+	cm *corev1.ConfigMap
 	// Applied is, by Kind/namespace/name, the fingerprint of what the last
 	// install applied: an object that still has it needs no request.
 	Applied map[string]string `json:"applied,omitempty"`
+	// Upgrade is the upgrade by revision under way, nil when there is none.
+	Upgrade *Upgrade `json:"upgrade,omitempty"`
+}
+
+// Upgrade records an upgrade by revision under way, so that each of its
+// steps, a rollback, and a run after an interruption know where it stands.
+type Upgrade struct {
+	// From is the revision being replaced ("default" for a control plane
+	// installed without one), FromRelease its Istio release; To the new
+	// revision.
+	From        string `json:"from"`
+	FromRelease string `json:"fromRelease"`
+	To          string `json:"to"`
+	// Default is the revision that injects istio-injection=enabled
+	// namespaces and owns the default validator: From until the switch, To
+	// after it, From again after a rollback.
+	Default string `json:"default"`
+	// RolledBack is set by a rollback: finish then removes To.
+	RolledBack bool `json:"rolledBack,omitempty"`
+	// Previous is the inventory of the installation being replaced, when
+	// kfistio made it.
+	Previous *Inventory `json:"previous,omitempty"`
+	// Saved holds each object that a step of the upgrade changed or created,
+	// as it was before that step, for a rollback.
+	Saved []Saved `json:"saved,omitempty"`
+}
+
+// Saved is an object as it was before a step of an upgrade changed it.
+type Saved struct {
+	Step string `json:"step"`
+	Ref  Ref    `json:"ref"`
+	// Object is the object's content, without what the cluster manages
+	// (status, CA bundles, replicas of autoscaled workloads); nil when the
+	// step created it.
+	Object map[string]any `json:"object,omitempty"`
 }
 
 // appliedOf returns the fingerprints of inv, none without an inventory.
@@ -120,12 +160,14 @@ func (inv *Inventory) appliedOf() map[string]string {
 // Installation is what the inventory says was installed.
 func (inv *Inventory) Installation() build.Installation {
 	return build.Installation{Overlay: inv.Overlay, ClusterLocalGateway: inv.ClusterLocalGateway,
-		M2MAuth: inv.M2MAuth, KubeflowResources: inv.KubeflowResources, Components: inv.Components}
+		M2MAuth: inv.M2MAuth, KubeflowResources: inv.KubeflowResources, Components: inv.Components, Revision: inv.Revision}
 }
 
-func newInventory(in build.Installation, version string, objs []Ref) *Inventory {
+// NewInventory is the inventory of installation in, of objs, made by kfistio
+// version.
+func NewInventory(in build.Installation, version string, objs []Ref) *Inventory {
 	return &Inventory{Overlay: in.Overlay, ClusterLocalGateway: in.ClusterLocalGateway, M2MAuth: in.M2MAuth,
-		KubeflowResources: in.KubeflowResources, Components: in.Components,
+		KubeflowResources: in.KubeflowResources, Components: in.Components, Revision: in.Revision,
 		IstioRelease: upstream.Release, KfistioVersion: version, Objects: objs}
 }
 
@@ -136,13 +178,32 @@ func readInventory(ctx context.Context, kc kubernetes.Interface) (*Inventory, er
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read the inventory ConfigMap/%s/%s: %w", InventoryNamespace, InventoryName, err)
+		return nil, fmt.Errorf("read the inventory %s: %w", inventoryKey, err)
 	}
-	inv := &Inventory{resourceVersion: cm.ResourceVersion}
-	if err := json.Unmarshal([]byte(cm.Data["inventory"]), inv); err != nil {
-		return nil, fmt.Errorf("ConfigMap/%s/%s is not a kfistio inventory: %w", InventoryNamespace, InventoryName, err)
+	inv := &Inventory{cm: cm}
+	if err := json.Unmarshal([]byte(cm.Data[inventoryData]), inv); err != nil {
+		return nil, fmt.Errorf("%s is not a kfistio inventory: %w", inventoryKey, err)
 	}
 	return inv, nil
+}
+
+// inventoryData is the key of the inventory ConfigMap that holds it.
+const inventoryData = "inventory"
+
+var inventoryKey = object.KeyOf("ConfigMap", InventoryNamespace, InventoryName)
+
+// data is what inv's ConfigMap held when it was read or written; "" for no
+// inventory.
+func (inv *Inventory) data() string {
+	if inv == nil || inv.cm == nil {
+		return ""
+	}
+	return inv.cm.Data[inventoryData]
+}
+
+// errInventoryChanged says the inventory changed since this run read it.
+func errInventoryChanged(err error) error {
+	return fmt.Errorf("write the inventory %s: it changed since this run read it (another kfistio operation, or an edit): %w; run again", inventoryKey, err)
 }
 
 // sameInventory reports whether a and b record the same installation.
@@ -162,44 +223,111 @@ func sortedInventory(inv *Inventory) *Inventory {
 	return &c
 }
 
-// writeInventory saves inv, with the resourceVersion of the inventory it
-// replaces as a precondition (creating it when there was none), and records
-// the new resourceVersion in inv.
-func writeInventory(ctx context.Context, kc kubernetes.Interface, inv *Inventory, rv string) error {
+// writeInventory saves inv over base, the inventory as this run last read or
+// wrote it (nil when there was none): the write holds only while the
+// ConfigMap is unchanged. When something else changed it (labels, an
+// annotation), it is read again and, if it still records base, written again,
+// keeping what the other writer set; if it records something else, another
+// operation wrote it, and the write stops. inv then holds the ConfigMap
+// written.
+func writeInventory(ctx context.Context, kc kubernetes.Interface, inv, base *Inventory) error {
 	b, err := json.MarshalIndent(sortedInventory(inv), "", "  ")
 	if err != nil {
 		return err
 	}
-	cm := &corev1.ConfigMap{
-		ObjectMeta: metav1.ObjectMeta{Name: InventoryName, Namespace: InventoryNamespace, ResourceVersion: rv,
-			Labels: map[string]string{ManagedLabel: "true"}},
-		Data: map[string]string{"inventory": string(b)},
-	}
 	cms := kc.CoreV1().ConfigMaps(InventoryNamespace)
-	var got *corev1.ConfigMap
-	if rv == "" {
-		got, err = cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: FieldManager})
-	} else {
-		got, err = cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: FieldManager})
+	var cur *corev1.ConfigMap
+	if base != nil {
+		cur = base.cm
 	}
-	switch {
-	case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err):
-		return fmt.Errorf("write the inventory ConfigMap/%s/%s: it changed since this run read it (another kfistio operation, or an edit): %w; run again", InventoryNamespace, InventoryName, err)
-	case err != nil:
-		return fmt.Errorf("write the inventory ConfigMap/%s/%s: %w", InventoryNamespace, InventoryName, err)
-	}
-	inv.resourceVersion = got.ResourceVersion
-	return nil
+	return onConflict(ctx, inventoryKey, "write the inventory", func(first bool) error {
+		if !first {
+			now, err := cms.Get(ctx, InventoryName, metav1.GetOptions{})
+			switch {
+			case apierrors.IsNotFound(err):
+				now = nil
+			case err != nil:
+				return fmt.Errorf("read the inventory %s again: %w", inventoryKey, err)
+			}
+			if (now == nil) != (cur == nil) || (now != nil && now.Data[inventoryData] != base.data()) {
+				return errInventoryChanged(errors.New("it records another installation now"))
+			}
+			cur = now
+		}
+		var got *corev1.ConfigMap
+		var err error
+		if cur == nil {
+			cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: InventoryName, Namespace: InventoryNamespace,
+				Labels: map[string]string{ManagedLabel: "true"}}, Data: map[string]string{inventoryData: string(b)}}
+			got, err = cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: FieldManager})
+			if apierrors.IsAlreadyExists(err) {
+				return errInventoryChanged(err)
+			}
+		} else {
+			next := cur.DeepCopy()
+			next.Data = map[string]string{inventoryData: string(b)}
+			if next.Labels == nil {
+				next.Labels = map[string]string{}
+			}
+			next.Labels[ManagedLabel] = "true"
+			got, err = cms.Update(ctx, next, metav1.UpdateOptions{FieldManager: FieldManager})
+		}
+		switch {
+		case apierrors.IsConflict(err):
+			return err
+		case err != nil:
+			return fmt.Errorf("write the inventory %s: %w", inventoryKey, err)
+		}
+		inv.cm = got
+		return nil
+	})
 }
 
-// deleteInventory deletes inv's ConfigMap if it has not changed since it
-// was read.
-func deleteInventory(ctx context.Context, kc kubernetes.Interface, inv *Inventory) error {
-	err := kc.CoreV1().ConfigMaps(InventoryNamespace).Delete(ctx, InventoryName, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &inv.resourceVersion}})
-	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("delete the inventory ConfigMap/%s/%s: %w", InventoryNamespace, InventoryName, err)
+// WriteInventory saves inv over base, the inventory as the operation last
+// read or wrote it (nil when there was none), under the operation's lease.
+func (in *Installer) WriteInventory(ctx context.Context, inv, base *Inventory) error {
+	if err := in.BeforeWrite(ctx); err != nil {
+		return err
 	}
-	return nil
+	return writeInventory(ctx, in.Client.Kube, inv, base)
+}
+
+// DeleteInventory deletes inv's ConfigMap, under the operation's lease.
+func (in *Installer) DeleteInventory(ctx context.Context, inv *Inventory) error {
+	if err := in.BeforeWrite(ctx); err != nil {
+		return err
+	}
+	return deleteInventory(ctx, in.Client.Kube, inv)
+}
+
+// deleteInventory deletes inv's ConfigMap if it still records inv: the
+// delete holds only while the ConfigMap is unchanged, and is sent again over
+// a version that only others' labels or annotations changed.
+func deleteInventory(ctx context.Context, kc kubernetes.Interface, inv *Inventory) error {
+	cms := kc.CoreV1().ConfigMaps(InventoryNamespace)
+	cur := inv.cm
+	return onConflict(ctx, inventoryKey, "delete the inventory", func(first bool) error {
+		if !first {
+			now, err := cms.Get(ctx, InventoryName, metav1.GetOptions{})
+			switch {
+			case apierrors.IsNotFound(err):
+				return nil
+			case err != nil:
+				return fmt.Errorf("read the inventory %s again: %w", inventoryKey, err)
+			case now.Data[inventoryData] != inv.data():
+				return fmt.Errorf("delete the inventory %s: another kfistio operation wrote it meanwhile; run again", inventoryKey)
+			}
+			cur = now
+		}
+		err := cms.Delete(ctx, InventoryName, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &cur.ResourceVersion}})
+		switch {
+		case apierrors.IsConflict(err):
+			return err
+		case err != nil && !apierrors.IsNotFound(err):
+			return fmt.Errorf("delete the inventory %s: %w", inventoryKey, err)
+		}
+		return nil
+	})
 }
 
 // union returns the objects of a and b, once each, as b names them.

@@ -133,7 +133,7 @@ func (in *Installer) applyLabels(ctx context.Context, name string, labels map[st
 	if dryRun {
 		return action, nil
 	}
-	if err := in.beforeWrite(ctx); err != nil {
+	if err := in.BeforeWrite(ctx); err != nil {
 		return "", err
 	}
 	meta := map[string]any{"name": name}

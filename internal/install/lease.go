@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -13,6 +14,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/kubeflow/kfistio/internal/object"
 )
 
 // LeaseName is the Lease in InventoryNamespace that an install or uninstall
@@ -58,48 +61,53 @@ func newHolder() string {
 // acquireLease takes the lease, or fails at once with a HeldError when
 // another run holds it. An expired lease (its holder was killed) is taken
 // over. Every write carries the resourceVersion that was read, so two runs
-// that race for it cannot both win.
+// that race for it cannot both win; when the lease changed between the read
+// and the write, it is read again and judged anew.
 func acquireLease(ctx context.Context, kc kubernetes.Interface, holder string) (*lease, error) {
 	leases := kc.CoordinationV1().Leases(InventoryNamespace)
-	now := metav1.NewMicroTime(time.Now())
-	spec := coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: ptr(int32(LeaseDuration / time.Second)),
-		AcquireTime: &now, RenewTime: &now}
-	cur, err := leases.Get(ctx, LeaseName, metav1.GetOptions{})
 	var got *coordinationv1.Lease
-	switch {
-	case apierrors.IsNotFound(err):
-		got, err = leases.Create(ctx, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: LeaseName, Namespace: InventoryNamespace,
-			Labels: map[string]string{ManagedLabel: "true"}}, Spec: spec}, metav1.CreateOptions{FieldManager: FieldManager})
-		if apierrors.IsAlreadyExists(err) {
-			// Another run created it between our read and our write, or
-			// this one did and a retry of the request was told so.
-			if got, err = leases.Get(ctx, LeaseName, metav1.GetOptions{}); err == nil && !ownLease(got, holder) {
-				return nil, heldError(got)
+	err := onConflict(ctx, leaseKey, "take", func(bool) error {
+		now := metav1.NewMicroTime(time.Now())
+		spec := coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: ptr(int32(LeaseDuration / time.Second)),
+			AcquireTime: &now, RenewTime: &now}
+		cur, err := leases.Get(ctx, LeaseName, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			got, err = leases.Create(ctx, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: LeaseName, Namespace: InventoryNamespace,
+				Labels: map[string]string{ManagedLabel: "true"}}, Spec: spec}, metav1.CreateOptions{FieldManager: FieldManager})
+		case err != nil:
+		case ownLease(cur, holder):
+			// This run's own earlier attempt took it.
+			got = cur
+		case held(cur, time.Now()):
+			return heldError(cur)
+		default:
+			next := cur.DeepCopy()
+			next.Spec = spec
+			if cur.Spec.LeaseTransitions != nil {
+				next.Spec.LeaseTransitions = ptr(*cur.Spec.LeaseTransitions + 1)
 			}
+			got, err = leases.Update(ctx, next, metav1.UpdateOptions{FieldManager: FieldManager})
 		}
-	case err != nil:
-	case held(cur, time.Now()):
-		return nil, heldError(cur)
-	default:
-		next := cur.DeepCopy()
-		next.Spec = spec
-		if cur.Spec.LeaseTransitions != nil {
-			next.Spec.LeaseTransitions = ptr(*cur.Spec.LeaseTransitions + 1)
+		switch {
+		case changedMeanwhile(err):
+			// Another run created or took it between the read and the
+			// write: read it again.
+			return err
+		case err != nil:
+			return leaseError("take", err)
 		}
-		got, err = leases.Update(ctx, next, metav1.UpdateOptions{FieldManager: FieldManager})
-		if apierrors.IsConflict(err) {
-			if got, err = leases.Get(ctx, LeaseName, metav1.GetOptions{}); err == nil && !ownLease(got, holder) {
-				return nil, heldError(got)
-			}
-		}
-	}
+		return nil
+	})
 	if err != nil {
-		return nil, leaseError("take", err)
+		return nil, err
 	}
 	l := &lease{kc: kc, holder: holder, obj: got, stop: make(chan struct{}), done: make(chan struct{})}
 	go l.renew()
 	return l, nil
 }
+
+var leaseKey = object.KeyOf("Lease", InventoryNamespace, LeaseName)
 
 // ownLease reports whether holder holds l.
 func ownLease(l *coordinationv1.Lease, holder string) bool {
@@ -154,14 +162,37 @@ func (l *lease) renew() {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), LeaseDuration/3)
 		l.mu.Lock()
-		next := l.obj.DeepCopy()
-		next.Spec.RenewTime = ptr(metav1.NewMicroTime(time.Now()))
-		got, err := l.kc.CoordinationV1().Leases(InventoryNamespace).Update(ctx, next, metav1.UpdateOptions{FieldManager: FieldManager})
+		var taken error
+		err := onConflict(ctx, leaseKey, "renew", func(first bool) error {
+			if !first {
+				// Changed by someone else: while still this run's, it is
+				// renewed over the new version.
+				cur, err := l.kc.CoordinationV1().Leases(InventoryNamespace).Get(ctx, LeaseName, metav1.GetOptions{})
+				if err != nil {
+					return err
+				}
+				if !ownLease(cur, l.holder) {
+					taken = heldError(cur)
+					return nil
+				}
+				l.obj = cur
+			}
+			next := l.obj.DeepCopy()
+			next.Spec.RenewTime = ptr(metav1.NewMicroTime(time.Now()))
+			got, err := l.kc.CoordinationV1().Leases(InventoryNamespace).Update(ctx, next, metav1.UpdateOptions{FieldManager: FieldManager})
+			if err == nil {
+				l.obj = got
+			}
+			return err
+		})
 		cancel()
+		var kept *ConflictError
 		switch {
-		case err == nil:
-			l.obj = got
-		case apierrors.IsConflict(err) || apierrors.IsNotFound(err) || time.Now().After(expiry(l.obj)):
+		case taken != nil:
+			l.lost = leaseError("renew", taken)
+		case err != nil && (apierrors.IsNotFound(err) || errors.As(err, &kept) || time.Now().After(expiry(l.obj))):
+			// Other failures are tried again at the next renewal, while the
+			// lease lasts.
 			l.lost = leaseError("renew", err)
 		}
 		lost := l.lost != nil
@@ -190,8 +221,18 @@ func (l *lease) release() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), LeaseDuration/3)
 	defer cancel()
-	err := l.kc.CoordinationV1().Leases(InventoryNamespace).Delete(ctx, LeaseName,
-		metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &l.obj.UID, ResourceVersion: &l.obj.ResourceVersion}})
+	leases := l.kc.CoordinationV1().Leases(InventoryNamespace)
+	err := onConflict(ctx, leaseKey, "release", func(first bool) error {
+		if !first {
+			cur, err := leases.Get(ctx, LeaseName, metav1.GetOptions{})
+			if err != nil || !ownLease(cur, l.holder) {
+				// Gone, or another run's now: nothing of this run to delete.
+				return nil
+			}
+			l.obj = cur
+		}
+		return leases.Delete(ctx, LeaseName, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &l.obj.UID, ResourceVersion: &l.obj.ResourceVersion}})
+	})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return leaseError("release", err)
 	}
@@ -209,9 +250,9 @@ type writes struct {
 	err   error
 }
 
-// begin starts an operation that may write, over the inventory it read.
+// Begin starts an operation that may write, over the inventory it read.
 // The function it returns releases the lease, if it was taken.
-func (in *Installer) begin(prev *Inventory) func() error {
+func (in *Installer) Begin(prev *Inventory) func() error {
 	w := &writes{prev: prev}
 	in.writes = w
 	return func() error {
@@ -223,12 +264,12 @@ func (in *Installer) begin(prev *Inventory) func() error {
 	}
 }
 
-// beforeWrite is called before every write of an operation: the first
+// BeforeWrite is called before every write of an operation: the first
 // takes the lease, then checks that the inventory is still the one the
 // operation read (another operation may have ended in between); every one
 // checks that the lease is still held. Outside an operation (dry runs) it
 // does nothing.
-func (in *Installer) beforeWrite(ctx context.Context) error {
+func (in *Installer) BeforeWrite(ctx context.Context) error {
 	w := in.writes
 	if w == nil {
 		return nil
@@ -246,7 +287,7 @@ func (in *Installer) beforeWrite(ctx context.Context) error {
 		}
 		w.lease = l
 		now, err := readInventory(ctx, in.Client.Kube)
-		if err == nil && inventoryVersion(now) != inventoryVersion(w.prev) {
+		if err == nil && now.data() != w.prev.data() {
 			err = ErrInventoryMoved
 		}
 		if err != nil {
@@ -260,10 +301,3 @@ func (in *Installer) beforeWrite(ctx context.Context) error {
 // ErrInventoryMoved says the inventory changed between the operation's first
 // read and the moment it took the lease: another operation ended in between.
 var ErrInventoryMoved = fmt.Errorf("the inventory ConfigMap/%s/%s changed while this run read the cluster (another kfistio operation ended meanwhile); nothing was changed: run again", InventoryNamespace, InventoryName)
-
-func inventoryVersion(inv *Inventory) string {
-	if inv == nil {
-		return ""
-	}
-	return inv.resourceVersion
-}

@@ -148,32 +148,68 @@ func TestLeaseRBAC(t *testing.T) {
 	}
 }
 
-// The inventory is written only over the version that was read.
+// The inventory is written only over the version that was read; a change of
+// another writer that leaves what it records (a label) is read again and
+// kept.
 func TestInventoryPrecondition(t *testing.T) {
 	ctx := context.Background()
-	in, _ := admin(t)
+	in, counter := admin(t)
 	kc := in.Client.Kube
 	t.Cleanup(func() {
 		_ = kc.CoreV1().ConfigMaps(InventoryNamespace).Delete(ctx, InventoryName, metav1.DeleteOptions{})
 	})
 	first := &Inventory{Overlay: "oauth2-proxy"}
-	if err := writeInventory(ctx, kc, first, ""); err != nil {
+	if err := writeInventory(ctx, kc, first, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := writeInventory(ctx, kc, &Inventory{Overlay: "insecure"}, ""); err == nil || !strings.Contains(err.Error(), "changed since this run read it") {
+	if err := writeInventory(ctx, kc, &Inventory{Overlay: "insecure"}, nil); err == nil || !strings.Contains(err.Error(), "changed since this run read it") {
 		t.Errorf("second creation: %v", err)
 	}
-	read := first.resourceVersion
+	read := *first
 	first.Overlay = "gke"
-	if err := writeInventory(ctx, kc, first, read); err != nil {
+	if err := writeInventory(ctx, kc, first, &read); err != nil {
 		t.Fatal(err)
 	}
-	if err := writeInventory(ctx, kc, &Inventory{Overlay: "insecure"}, read); err == nil || !strings.Contains(err.Error(), "changed since this run read it") {
+	if err := writeInventory(ctx, kc, &Inventory{Overlay: "insecure"}, &read); err == nil || !strings.Contains(err.Error(), "changed since this run read it") {
 		t.Errorf("write over a version that changed: %v", err)
 	}
 	inv, err := readInventory(ctx, kc)
 	if err != nil || inv.Overlay != "gke" {
-		t.Errorf("inventory %+v, %v", inv, err)
+		t.Fatalf("inventory %+v, %v", inv, err)
+	}
+	// Another writer labels the ConfigMap: the next write is refused once,
+	// then made over the labelled version, keeping the label; so is the
+	// delete.
+	cm := inv.cm.DeepCopy()
+	cm.Labels["backup.example.com/include"] = "true"
+	if _, err := kc.CoreV1().ConfigMaps(InventoryNamespace).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	before := counter.Conflicts()["update"]
+	next := *inv
+	next.Overlay = "insecure"
+	if err := writeInventory(ctx, kc, &next, inv); err != nil {
+		t.Fatalf("write after a label changed: %v", err)
+	}
+	if got := counter.Conflicts()["update"] - before; got != 1 {
+		t.Errorf("%d conflicts, want the one the label caused", got)
+	}
+	if next.cm.Labels["backup.example.com/include"] != "true" {
+		t.Errorf("the other writer's label is gone: %v", next.cm.Labels)
+	}
+	cm = next.cm.DeepCopy()
+	cm.Annotations = map[string]string{"example.com/seen": "yes"}
+	if _, err := kc.CoreV1().ConfigMaps(InventoryNamespace).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := deleteInventory(ctx, kc, &next); err != nil {
+		t.Fatalf("delete after an annotation changed: %v", err)
+	}
+	if inv, err := readInventory(ctx, kc); inv != nil || err != nil {
+		t.Errorf("inventory still there: %+v, %v", inv, err)
+	}
+	if counter.Conflicts()["delete"] != 1 {
+		t.Errorf("conflicts %v, want one delete", counter.Conflicts())
 	}
 }
 

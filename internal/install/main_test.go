@@ -91,12 +91,12 @@ func purge(t *testing.T) {
 		if err := crds.Delete(ctx, c.GetName(), metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			t.Fatalf("purge: %v", err)
 		}
-		gone = append(gone, refOf(&c))
+		gone = append(gone, RefOf(&c))
 	}
 	if err := in.Client.Kube.CoreV1().Namespaces().Delete(ctx, istioNamespace, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		t.Fatalf("purge: %v", err)
 	}
-	if err := in.waitGone(ctx, gone, 2*time.Minute); err != nil {
+	if err := in.WaitGone(ctx, gone, 2*time.Minute); err != nil {
 		t.Fatalf("purge: %v", err)
 	}
 	waitNamespaceGone(t, istioNamespace)

@@ -4,17 +4,20 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"sort"
 	"strings"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/util/csaupgrade"
 	"sigs.k8s.io/structured-merge-diff/v6/fieldpath"
 	"sigs.k8s.io/structured-merge-diff/v6/value"
@@ -119,16 +122,23 @@ func kfistioEntry(o *unstructured.Unstructured) (metav1.ManagedFieldsEntry, bool
 	return metav1.ManagedFieldsEntry{}, false
 }
 
+// IstiodFieldManager is the field manager of istiod's own writes: the CA
+// bundles of its webhooks, and the failure policy of its validators, which
+// it switches to Fail once it serves them.
+const IstiodFieldManager = "pilot-discovery"
+
 // sharedFields returns, by field manager of live other than kfistio, the
 // fields of ours (the fields kfistio applies) that it owns too, compared
 // leaf by leaf: istiod's CA bundles and an autoscaler's replicas are not
 // fields kfistio applies, so their managers are not counted; subresources
-// (status, scale) never are.
+// (status, scale) never are. istiod is a controller of its webhooks, not an
+// installation: the failure policy it sets to the value kfistio applies
+// stays shared, and adoption leaves its fields to it.
 func sharedFields(live *unstructured.Unstructured, ours *fieldpath.Set) (map[string][]string, error) {
 	leaves := ours.Leaves()
 	out := map[string][]string{}
 	for _, e := range live.GetManagedFields() {
-		if e.Subresource != "" || e.Manager == FieldManager {
+		if e.Subresource != "" || e.Manager == FieldManager || e.Manager == IstiodFieldManager {
 			continue
 		}
 		s, err := fieldSet(e)
@@ -201,6 +211,34 @@ func (in *Installer) ownership(ctx context.Context, o, live *unstructured.Unstru
 	return &owned{key: key, managers: managers, lastApplied: lastApplied}, nil
 }
 
+// owners finds the objects of objs that exist in snap and belong to another
+// installation (ownership), and returns them by key and in objs' order.
+func (in *Installer) owners(ctx context.Context, objs []*unstructured.Unstructured, snap *Snapshot) (map[string]*owned, []*owned, error) {
+	var existing, lives []*unstructured.Unstructured
+	for _, obj := range objs {
+		if l, _ := snap.Get(in, obj); l != nil {
+			existing, lives = append(existing, obj), append(lives, l)
+		}
+	}
+	results := make([]*owned, len(existing))
+	if errs := inParallel(ctx, len(existing), in.concurrency(), func(i int) error {
+		var err error
+		results[i], err = in.ownership(ctx, existing[i], lives[i])
+		return err
+	}); len(errs) > 0 {
+		return nil, nil, errors.Join(errs...)
+	}
+	var found []*owned
+	adopt := map[string]*owned{}
+	for _, f := range results {
+		if f != nil {
+			found = append(found, f)
+			adopt[f.key] = f
+		}
+	}
+	return adopt, found, nil
+}
+
 // foreignError builds the refusal for objects of another installation, whose
 // istiod runs image, of release.
 func foreignError(found []*owned, image, release string) error {
@@ -223,10 +261,34 @@ func foreignError(found []*owned, image, release string) error {
 // adopt makes kfistio the only owner of the fields that the managers of f
 // own on live: client-side apply's entries are upgraded with client-go's
 // csaupgrade, other managers' entries are merged into kfistio's apply entry
-// with a managedFields patch that holds only while live is unchanged. The
-// apply that follows then removes what kfistio now owns and no longer sets.
-// It returns the fields that changed hands.
+// with a managedFields patch that holds only while the object is unchanged;
+// when another writer (istiod, on its webhooks) changed it in between, the
+// object is read again and the patch made anew. The apply that follows then
+// removes what kfistio now owns and no longer sets. It returns the fields
+// that changed hands.
 func (in *Installer) adopt(ctx context.Context, live *unstructured.Unstructured, f *owned, dryRun bool) (*fieldpath.Set, error) {
+	key := object.Key(live)
+	res, err := in.Client.Resource(live)
+	if err != nil {
+		return nil, fmt.Errorf("adopt %s: %w", key, err)
+	}
+	var moved *fieldpath.Set
+	err = onConflict(ctx, key, "adopt", func(first bool) error {
+		if !first {
+			var err error
+			if live, err = res.Get(ctx, live.GetName(), metav1.GetOptions{}); err != nil {
+				return fmt.Errorf("adopt %s: read it again: %w", key, err)
+			}
+		}
+		var err error
+		moved, err = in.moveFields(ctx, res, live, f, dryRun)
+		return err
+	})
+	return moved, err
+}
+
+// moveFields is one attempt of adopt on live, as read.
+func (in *Installer) moveFields(ctx context.Context, res dynamic.ResourceInterface, live *unstructured.Unstructured, f *owned, dryRun bool) (*fieldpath.Set, error) {
 	key := object.Key(live)
 	update, apply := sets.New[string](), sets.New[string]()
 	for _, e := range live.GetManagedFields() {
@@ -265,18 +327,17 @@ func (in *Installer) adopt(ctx context.Context, live *unstructured.Unstructured,
 	if err != nil {
 		return nil, err
 	}
-	res, err := in.Client.Resource(live)
-	if err != nil {
-		return nil, fmt.Errorf("adopt %s: %w", key, err)
-	}
 	opts := metav1.PatchOptions{FieldManager: FieldManager}
 	if dryRun {
 		opts.DryRun = []string{metav1.DryRunAll}
 	}
-	if err := in.beforeWrite(ctx); err != nil {
+	if err := in.BeforeWrite(ctx); err != nil {
 		return nil, err
 	}
 	if _, err := res.Patch(ctx, live.GetName(), types.JSONPatchType, patch, opts); err != nil {
+		if apierrors.IsConflict(err) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("adopt %s: move the fields of %s to %s: %w", key, strings.Join(f.managers, ", "), FieldManager, err)
 	}
 	return moved, nil
@@ -490,7 +551,7 @@ func (in *Installer) leftovers(snap *Snapshot, o Options, previous []Ref, adopt 
 	ours := map[Ref]bool{}
 	defined := map[string]bool{}
 	for _, obj := range o.Objects {
-		ours[identityRef(refOf(obj))] = true
+		ours[identityRef(RefOf(obj))] = true
 		if obj.GetKind() == "Namespace" {
 			defined[obj.GetName()] = true
 		}
@@ -501,7 +562,7 @@ func (in *Installer) leftovers(snap *Snapshot, o Options, previous []Ref, adopt 
 	snap.mu.Lock()
 	defer snap.mu.Unlock()
 	for _, l := range snap.objs {
-		if ours[identityRef(refOf(l))] || l.GetKind() == "Namespace" || l.GetKind() == "CustomResourceDefinition" || l.GetDeletionTimestamp() != nil {
+		if ours[identityRef(RefOf(l))] || l.GetKind() == "Namespace" || l.GetKind() == "CustomResourceDefinition" || l.GetDeletionTimestamp() != nil {
 			continue
 		}
 		if _, ok := kfistioEntry(l); ok {

@@ -5,6 +5,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/inject"
 	"github.com/kubeflow/kfistio/internal/object"
 	"github.com/kubeflow/kfistio/internal/revision"
@@ -54,4 +55,36 @@ func istiodImage(d *unstructured.Unstructured) (image, release string) {
 		return "", ""
 	}
 	return inject.IstiodRelease(&tpl.Spec)
+}
+
+// RevisionError refuses an install that would change the control plane
+// revision of kfistio's installation, or that comes during an upgrade by
+// revision: that is the upgrade's work.
+type RevisionError struct{ Reason string }
+
+func (e *RevisionError) Error() string { return e.Reason + "; nothing was changed" }
+
+// checkRevision refuses to install in over prev when the revisions differ or
+// an upgrade by revision is under way.
+func checkRevision(prev *Inventory, in build.Installation) error {
+	switch {
+	case prev == nil:
+		return nil
+	case prev.Upgrade != nil:
+		u := prev.Upgrade
+		return &RevisionError{fmt.Sprintf("an upgrade by revision from %s (Istio %s) to %s is under way, and revision %s is the default; install would undo it: "+
+			"continue it (kfistio upgrade switch, restart, finish) or roll it back (kfistio upgrade rollback); kfistio status shows where it stands",
+			u.From, u.FromRelease, u.To, u.Default)}
+	case prev.Revision == in.Revision:
+		return nil
+	case in.Revision == "":
+		return &RevisionError{fmt.Sprintf("kfistio installed Istio %s here as control plane revision %s; an install without a revision would add a second control plane: "+
+			"keep the revision (kfistio install --revision %s), or, for another release, upgrade by revision (kfistio upgrade start)", prev.IstioRelease, prev.Revision, prev.Revision)}
+	}
+	from := prev.Revision
+	if from == "" {
+		from = revision.Default
+	}
+	return &RevisionError{fmt.Sprintf("kfistio installed Istio %s here as control plane revision %s; installing revision %s next to it is an upgrade by revision, which moves the default tag, the gateways and the workloads step by step: run kfistio upgrade start",
+		prev.IstioRelease, from, in.Revision)}
 }

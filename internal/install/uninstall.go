@@ -66,11 +66,11 @@ func (in *Installer) Uninstall(ctx context.Context, o UninstallOptions) (_ Chang
 		}
 	}
 	if !o.DryRun {
-		release := in.begin(inv)
+		release := in.Begin(inv)
 		defer func() { err = errors.Join(err, release()) }()
 	}
 	var changes ChangeSet
-	err = in.step(fmt.Sprintf("Removing %d objects", len(inv.Objects)), func() error {
+	err = in.Step(fmt.Sprintf("Removing %d objects", len(inv.Objects)), func() error {
 		changes, err = in.remove(ctx, snap, inv.Objects, Deleted, o.Purge, o.DryRun)
 		return err
 	})
@@ -92,13 +92,10 @@ func (in *Installer) Uninstall(ctx context.Context, o UninstallOptions) (_ Chang
 			}
 		}
 	}
-	if err := in.step("Waiting until the deleted objects are gone", func() error { return in.waitGone(ctx, gone, o.Timeout) }); err != nil {
+	if err := in.Step("Waiting until the deleted objects are gone", func() error { return in.WaitGone(ctx, gone, o.Timeout) }); err != nil {
 		return changes, err
 	}
-	if err := in.beforeWrite(ctx); err != nil {
-		return changes, err
-	}
-	return changes, deleteInventory(ctx, in.Client.Kube, inv)
+	return changes, in.DeleteInventory(ctx, inv)
 }
 
 // customResources lists the objects of every kind the inventory's CRDs
@@ -153,9 +150,9 @@ func (in *Installer) customResources(ctx context.Context, snap *Snapshot, refs [
 	return out, nil
 }
 
-// waitGone waits until refs no longer exist, listing them by kind and
+// WaitGone waits until refs no longer exist, listing them by kind and
 // namespace.
-func (in *Installer) waitGone(ctx context.Context, refs []Ref, timeout time.Duration) error {
+func (in *Installer) WaitGone(ctx context.Context, refs []Ref, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	objs := stubs(refs)
 	for {

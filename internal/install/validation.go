@@ -3,6 +3,7 @@ package install
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -13,12 +14,15 @@ import (
 
 	"github.com/kubeflow/kfistio/internal/kube"
 	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/revision"
 )
 
 var gateways = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "gateways"}
 
-// validates reports whether objs hold a validating webhook that calls istiod.
-func validates(objs []*unstructured.Unstructured) bool {
+// validatorRevisions returns the revisions (istio.io/rev labels) of the
+// validating webhook configurations of objs that call istiod's /validate.
+func validatorRevisions(objs []*unstructured.Unstructured) []string {
+	var revs []string
 	for _, o := range objs {
 		if o.GetKind() != "ValidatingWebhookConfiguration" {
 			continue
@@ -26,27 +30,38 @@ func validates(objs []*unstructured.Unstructured) bool {
 		hooks, _, _ := unstructured.NestedSlice(o.Object, "webhooks")
 		for _, h := range hooks {
 			m, _ := h.(map[string]any)
-			svc, _, _ := unstructured.NestedString(m, "clientConfig", "service", "name")
 			svcNS, _, _ := unstructured.NestedString(m, "clientConfig", "service", "namespace")
-			if svc == "istiod" && svcNS == istioNamespace {
-				return true
+			path, _, _ := unstructured.NestedString(m, "clientConfig", "service", "path")
+			if rev := revision.OfObject(o); svcNS == revision.Namespace && path == "/validate" && !slices.Contains(revs, rev) {
+				revs = append(revs, rev)
 			}
 		}
 	}
-	return false
+	return revs
 }
 
-// waitValidation waits until istiod's validation webhook answers, as istiod
-// itself finds out before it lets validation fail closed: the server-side
-// dry run of a Gateway that carries the annotation istiod's validator always
-// refuses is refused by the webhook. istiod writes the CA bundle of its
-// webhooks before it serves them, so the bundle alone does not tell.
-func (in *Installer) waitValidation(ctx context.Context, what string, timeout time.Duration) error {
+// waitValidation waits until the validation webhooks of objs answer, as
+// istiod itself finds out before it lets validation fail closed: the
+// server-side dry run of a Gateway that carries the annotation istiod's
+// validator always refuses, labelled with the revision of each validator, is
+// refused by the webhook. istiod writes the CA bundle of its webhooks before
+// it serves them, so the bundle alone does not tell.
+func (in *Installer) waitValidation(ctx context.Context, what string, objs []*unstructured.Unstructured, timeout time.Duration) error {
+	for _, rev := range validatorRevisions(objs) {
+		if err := in.waitValidator(ctx, what, rev, timeout); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waitValidator waits until the validator of revision rev refuses the probe.
+func (in *Installer) waitValidator(ctx context.Context, what, rev string, timeout time.Duration) error {
 	probe := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
 		"metadata": map[string]any{
 			"name": "kfistio-validation-probe", "namespace": istioNamespace,
-			"labels":      map[string]any{"istio.io/rev": "default"},
+			"labels":      map[string]any{revision.Label: rev},
 			"annotations": map[string]any{constants.AlwaysReject: "true"},
 		},
 		"spec": map[string]any{},
@@ -65,9 +80,10 @@ func (in *Installer) waitValidation(ctx context.Context, what string, timeout ti
 			return fmt.Errorf("%s: %w", what, ctx.Err())
 		}
 		if time.Now().After(deadline) {
+			istiod := revision.NamesOf(rev).Istiod
 			return &NotReadyError{What: what, Timeout: timeout, Objects: []NotReady{{
-				Object: object.KeyOf("Service", istioNamespace, "istiod"), Status: "InProgress",
-				Reason: "istiod's validation webhook does not answer: " + err.Error() + "; check kubectl logs -n istio-system deploy/istiod",
+				Object: object.KeyOf("Service", istioNamespace, istiod), Status: "InProgress",
+				Reason: "istiod's validation webhook does not answer: " + err.Error() + "; check kubectl logs -n istio-system deploy/" + istiod,
 			}}}
 		}
 		select {

@@ -75,9 +75,21 @@ func readiness(o *unstructured.Unstructured) (*status.Result, error) {
 
 const pollInterval = 500 * time.Millisecond
 
-// wait polls objs until kstatus says each is Current, or the deadline passes;
-// then it explains each object that is not ready.
-func (in *Installer) wait(ctx context.Context, what string, objs []*unstructured.Unstructured, timeout time.Duration) error {
+// Wait polls the objects of objs worth waiting for (workloads, CRDs,
+// webhook configurations) until kstatus says each is Current, or timeout
+// passes; then it explains each object that is not ready. It lists them by
+// kind and namespace, only those labelled ManagedLabel.
+func (in *Installer) Wait(ctx context.Context, what string, objs []*unstructured.Unstructured, timeout time.Duration) error {
+	return in.wait(ctx, what, objs, timeout, ManagedLabel+"=true")
+}
+
+// WaitWorkloads is Wait for objects kfistio did not apply, such as the
+// workloads of users.
+func (in *Installer) WaitWorkloads(ctx context.Context, what string, objs []*unstructured.Unstructured, timeout time.Duration) error {
+	return in.wait(ctx, what, objs, timeout, "")
+}
+
+func (in *Installer) wait(ctx context.Context, what string, objs []*unstructured.Unstructured, timeout time.Duration, selector string) error {
 	pending := map[string]*unstructured.Unstructured{}
 	for _, o := range objs {
 		if waitable(o) {
@@ -95,7 +107,7 @@ func (in *Installer) wait(ctx context.Context, what string, objs []*unstructured
 		for _, o := range pending {
 			objs = append(objs, o)
 		}
-		snap, err := in.managedSnapshot(ctx, objs)
+		snap, err := in.snapshot(ctx, objs, selector)
 		if err != nil {
 			if ctx.Err() != nil {
 				return fmt.Errorf("%s: %w", what, ctx.Err())

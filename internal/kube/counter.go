@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -14,11 +15,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// RequestCounter counts the API requests that go through it, by verb. Pass
-// its Wrap as Options.WrapTransport.
+// RequestCounter counts the API requests that go through it, by verb, and
+// the writes the server refused with a conflict. Pass its Wrap as
+// Options.WrapTransport.
 type RequestCounter struct {
-	mu     sync.Mutex
-	counts map[string]int
+	mu        sync.Mutex
+	counts    map[string]int
+	conflicts map[string]int
 }
 
 // Wrap wraps rt so that every request is counted.
@@ -34,8 +37,27 @@ func (c *RequestCounter) Wrap(rt http.RoundTripper) http.RoundTripper {
 		}
 		c.counts[v]++
 		c.mu.Unlock()
-		return rt.RoundTrip(r)
+		resp, err := rt.RoundTrip(r)
+		if err == nil && resp.StatusCode == http.StatusConflict && r.Method != http.MethodPost {
+			// 409 to a create is AlreadyExists; to a write of an existing
+			// object, a precondition (resourceVersion, UID) that no longer held.
+			c.mu.Lock()
+			if c.conflicts == nil {
+				c.conflicts = map[string]int{}
+			}
+			c.conflicts[v]++
+			c.mu.Unlock()
+		}
+		return resp, err
 	})
+}
+
+// Conflicts returns, by verb, the writes the server refused because the
+// object changed since it was read.
+func (c *RequestCounter) Conflicts() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.conflicts)
 }
 
 const dryRunSuffix = " (dry run)"

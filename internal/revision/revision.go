@@ -24,6 +24,35 @@ const (
 	TagLabel = "istio.io/tag"
 )
 
+// StepLabel marks, in an installation of a revision, the objects an
+// upgrade by revision applies at each of its steps: StepStart, the new
+// control plane and what every revision shares (the CNI node agent);
+// StepSwitch, the default tag, the default validator and the gateways.
+const (
+	StepLabel  = "kfistio.kubeflow.org/upgrade-step"
+	StepStart  = "start"
+	StepSwitch = "switch"
+)
+
+// StepOf returns the step of an upgrade by revision that applies o, an
+// object of a control plane's render: the switch for the default tag's
+// objects, the default validator and the gateways; the start for the rest.
+func StepOf(o *unstructured.Unstructured) string {
+	switch {
+	case o.GetLabels()[TagLabel] != "",
+		o.GetKind() == "ValidatingWebhookConfiguration" && o.GetName() == DefaultValidator,
+		IsGateway(o):
+		return StepSwitch
+	}
+	return StepStart
+}
+
+// IsGateway reports whether o is an object of a gateway, as Istio's charts
+// label those.
+func IsGateway(o *unstructured.Unstructured) bool {
+	return o.GetLabels()["operator.istio.io/component"] == "IngressGateways"
+}
+
 // Namespace is where every control plane lives.
 const Namespace = "istio-system"
 

@@ -24,6 +24,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -370,22 +371,41 @@ func (r *istiodRunner) note(deployment, format string, args ...any) {
 func (r *istiodRunner) sync(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	pods, err := r.istiodPods(ctx)
+	pods, terminating, err := r.istiodPods(ctx)
 	if err != nil {
 		return err
 	}
 	for d, p := range r.procs {
+		exited := false
 		select {
 		case <-p.done:
 			r.note(d, "kubelet: %s exited: %v; restarting it", istiodBinaryName, p.err)
-			delete(r.procs, d)
-			continue
+			exited = true
 		default:
 		}
-		if pod := pods[d]; pod == nil || pod.UID != p.pod.UID {
+		pod := pods[d]
+		gone := pod == nil || pod.UID != p.pod.UID
+		if exited || gone {
 			delete(r.procs, d)
+		}
+		if !gone {
+			continue
+		}
+		if !exited {
 			if err := p.stop(); err != nil {
 				r.note(d, "kubelet: %v", err)
+			}
+		}
+		if err := r.release(ctx, p.pod); err != nil {
+			r.note(d, "kubelet: %v", err)
+		}
+	}
+	// A pod being deleted whose process is gone is released, whatever
+	// stopped its process.
+	for _, pod := range terminating {
+		if !slices.ContainsFunc(slices.Collect(maps.Values(r.procs)), func(p *istiodProc) bool { return p.pod.UID == pod.UID }) {
+			if err := r.release(ctx, pod); err != nil {
+				r.note(IstiodName, "kubelet: %v", err)
 			}
 		}
 	}
@@ -401,15 +421,22 @@ func (r *istiodRunner) sync(ctx context.Context) error {
 }
 
 // istiodPods returns the oldest running pod of each istiod Deployment, by
-// Deployment name.
-func (r *istiodRunner) istiodPods(ctx context.Context) (map[string]*corev1.Pod, error) {
+// Deployment name, and the istiod pods being deleted that carry
+// kubeletFinalizer.
+func (r *istiodRunner) istiodPods(ctx context.Context) (map[string]*corev1.Pod, []*corev1.Pod, error) {
 	ds, err := r.kc.AppsV1().Deployments(IstiodNamespace).List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("list Deployments of %s: %w", IstiodNamespace, err)
+		return nil, nil, fmt.Errorf("list Deployments of %s: %w", IstiodNamespace, err)
 	}
 	pods, err := r.kc.CoreV1().Pods(IstiodNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=" + istiodApp})
 	if err != nil {
-		return nil, fmt.Errorf("list Pods of %s: %w", IstiodNamespace, err)
+		return nil, nil, fmt.Errorf("list Pods of %s: %w", IstiodNamespace, err)
+	}
+	var terminating []*corev1.Pod
+	for i := range pods.Items {
+		if p := &pods.Items[i]; p.DeletionTimestamp != nil && slices.Contains(p.Finalizers, kubeletFinalizer) {
+			terminating = append(terminating, p)
+		}
 	}
 	out := map[string]*corev1.Pod{}
 	for _, d := range ds.Items {
@@ -419,7 +446,7 @@ func (r *istiodRunner) istiodPods(ctx context.Context) (map[string]*corev1.Pod, 
 		}
 		sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
 		if err != nil {
-			return nil, fmt.Errorf("Deployment/%s/%s: %w", d.Namespace, d.Name, err)
+			return nil, nil, fmt.Errorf("Deployment/%s/%s: %w", d.Namespace, d.Name, err)
 		}
 		for i := range pods.Items {
 			p := &pods.Items[i]
@@ -431,7 +458,7 @@ func (r *istiodRunner) istiodPods(ctx context.Context) (map[string]*corev1.Pod, 
 			}
 		}
 	}
-	return out, nil
+	return out, terminating, nil
 }
 
 // older reports whether a was created before b, or at the same time with a
@@ -480,7 +507,45 @@ func (r *istiodRunner) start(ctx context.Context, deployment string, pod *corev1
 	if err := p.start(r.c.Dir); err != nil {
 		return err
 	}
+	if err := r.hold(ctx, pod); err != nil {
+		return errors.Join(err, p.stop())
+	}
 	r.procs[deployment] = &istiodProc{process: p, pod: pod, httpURL: "http://" + httpAddr}
+	return nil
+}
+
+// kubeletFinalizer keeps the pod of a running istiod process until the
+// process has stopped, as a kubelet keeps a pod until its containers have:
+// istiod's token, bound to its pod, stays valid while it shuts down (and
+// releases its leader leases).
+const kubeletFinalizer = "kfistio.kubeflow.org/test-kubelet"
+
+// hold adds kubeletFinalizer to pod.
+func (r *istiodRunner) hold(ctx context.Context, pod *corev1.Pod) error {
+	patch := fmt.Sprintf(`{"metadata":{"finalizers":[%q]}}`, kubeletFinalizer)
+	if _, err := r.kc.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("hold Pod/%s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	return nil
+}
+
+// release removes kubeletFinalizer from pod, once its process has stopped.
+func (r *istiodRunner) release(ctx context.Context, pod *corev1.Pod) error {
+	cur, err := r.kc.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) || (err == nil && cur.UID != pod.UID) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("release Pod/%s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	i := slices.Index(cur.Finalizers, kubeletFinalizer)
+	if i < 0 {
+		return nil
+	}
+	patch := fmt.Sprintf(`[{"op":"test","path":"/metadata/finalizers/%d","value":%q},{"op":"remove","path":"/metadata/finalizers/%d"}]`, i, kubeletFinalizer, i)
+	if _, err := r.kc.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.JSONPatchType, []byte(patch), metav1.PatchOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("release Pod/%s/%s: %w", pod.Namespace, pod.Name, err)
+	}
 	return nil
 }
 

@@ -302,9 +302,52 @@ func changes(from, to []*unstructured.Unstructured, rev string) component {
 	for _, o := range want {
 		c.resources = append(c.resources, o)
 	}
+	if rev != "" {
+		c.markSteps(to)
+	}
 	object.Sort(c.patches)
 	object.Sort(c.resources)
 	return c
+}
+
+// markSteps labels each object that c adds or patches with the step of an
+// upgrade by revision that applies it (revision.StepOf its object in to),
+// adding a patch for a renamed object that has none.
+func (c *component) markSteps(to []*unstructured.Unstructured) {
+	in := object.Index(to)
+	renamed := map[string]string{}
+	for _, r := range c.renames {
+		renamed[object.Key(r.from)] = object.KeyOf(r.from.GetKind(), r.from.GetNamespace(), r.to)
+	}
+	label := func(o *unstructured.Unstructured) {
+		key := object.Key(o)
+		if k, ok := renamed[key]; ok {
+			key = k
+		}
+		l := o.GetLabels()
+		if l == nil {
+			l = map[string]string{}
+		}
+		l[revision.StepLabel] = revision.StepOf(in[key])
+		o.SetLabels(l)
+	}
+	for _, r := range c.resources {
+		label(r)
+	}
+	patched := map[string]bool{}
+	for _, p := range c.patches {
+		patched[object.Key(p)] = true
+		if p.Object["$patch"] != "delete" {
+			label(p)
+		}
+	}
+	for _, r := range c.renames {
+		if !patched[object.Key(r.from)] {
+			p := stub(r.from)
+			label(p)
+			c.patches = append(c.patches, p)
+		}
+	}
 }
 
 func (c component) empty() bool {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/revision"
 	"github.com/kubeflow/kfistio/internal/testutil"
 	"github.com/kubeflow/kfistio/internal/upstream"
 )
@@ -334,7 +335,8 @@ spec:
 // A revision renames the objects of the default control plane, patching
 // what differs under the old name first, so that what overlays changed in
 // them carries over; objects of the revision alone are added; the
-// cluster-local gateway's part goes to a Component of its own.
+// cluster-local gateway's part goes to a Component of its own; each object
+// the Components add or change is labelled with its step of an upgrade.
 func TestVariantOfARevision(t *testing.T) {
 	labelled := func(o *unstructured.Unstructured, rev string) *unstructured.Unstructured {
 		o.SetLabels(map[string]string{"istio.io/rev": rev})
@@ -370,10 +372,19 @@ func TestVariantOfARevision(t *testing.T) {
 	}
 	patches, _ := object.Marshal(c.patches)
 	want := `apiVersion: v1
+kind: ServiceAccount
+metadata:
+  labels:
+    kfistio.kubeflow.org/upgrade-step: start
+  name: istiod
+  namespace: istio-system
+---
+apiVersion: v1
 kind: Deployment
 metadata:
   labels:
     istio.io/rev: r1
+    kfistio.kubeflow.org/upgrade-step: start
   name: istiod
   namespace: istio-system
 spec:
@@ -509,6 +520,13 @@ func reproduces(t *testing.T, files Files, base string, components []string, wan
 	got, err := tree.BuildObjects(filepath.Dir(base))
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The step labels are the components' own, for upgrades by revision.
+	for _, o := range got {
+		if l := o.GetLabels(); l[revision.StepLabel] != "" {
+			delete(l, revision.StepLabel)
+			o.SetLabels(l)
+		}
 	}
 	wantIdx, have := object.Index(want), object.Index(got)
 	for _, m := range []map[string]*unstructured.Unstructured{wantIdx, have} {

@@ -21,8 +21,9 @@ func revisioned(t *target) bool { return t.has(partInstall) && t.names.Revision 
 
 // checkRevision (R1): the control plane is the revision's alone: istiod
 // knows its revision, no object of the default control plane is left, every
-// object Istio labels with a revision carries this one, and the gateways
-// fetch their configuration and certificates from the revision's istiod.
+// object Istio labels with a revision carries this one and the step of an
+// upgrade that applies it, and the gateways fetch their configuration and
+// certificates from the revision's istiod.
 func checkRevision(t *target) []Problem {
 	var p problems
 	rev := t.names.Revision
@@ -43,8 +44,13 @@ func checkRevision(t *target) []Problem {
 		}
 	}
 	for _, o := range t.own {
-		if r, ok := o.GetLabels()[revision.Label]; ok && r != rev {
+		r, ok := o.GetLabels()[revision.Label]
+		if ok && r != rev {
 			p.wrong(object.Key(o), "metadata.labels["+revision.Label+"]", r, fmt.Sprintf("%q", rev))
+		}
+		// What an upgrade applies at each step, for kubectl apply -l.
+		if step := revision.StepOf(o); ok && o.GetKind() != "CustomResourceDefinition" {
+			expectLabel(&p, o, revision.StepLabel, step)
 		}
 	}
 	for _, o := range t.own {

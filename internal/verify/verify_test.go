@@ -438,6 +438,10 @@ func TestEachCheckFailsOnABrokenBuild(t *testing.T) {
 				}
 			})
 		}},
+		{"gateway applied at the start of an upgrade", "R1", revInst("oauth2-proxy"), func(m *objects) {
+			m.set(ingressKey, map[string]any{"app": "istio-ingressgateway", "istio.io/rev": upstream.Revision, "operator.istio.io/component": "IngressGateways",
+				revision.StepLabel: revision.StepStart}, "metadata", "labels")
+		}},
 		{"no default tag", "R2", revInst("gke"), func(m *objects) {
 			m.remove("MutatingWebhookConfiguration/istio-revision-tag-default")
 		}},
