@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -16,6 +17,7 @@ import (
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/install"
 	"github.com/kubeflow/kfistio/internal/kube"
+	"github.com/kubeflow/kfistio/internal/upstream"
 )
 
 // clusterFlags are the flags that choose a cluster, as kubectl's do.
@@ -85,6 +87,13 @@ func (f *installationFlags) add(cmd *cobra.Command) {
 	addManifestsFlag(cmd, &f.manifests)
 }
 
+// addRevision adds --revision, for the commands that take an installation
+// as it is or will be.
+func (f *installationFlags) addRevision(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.revision, "revision", "", "the control plane as revision "+upstream.Revision+" (istiod-"+upstream.Revision+
+		", the default tag pointing at it) rather than as the default control plane; by default, the revision kfistio installed, if any")
+}
+
 // changed reports whether the flag name was given.
 func (f *installationFlags) changed(name string) bool { return f.flags != nil && f.flags.Changed(name) }
 
@@ -124,8 +133,18 @@ func (f *installationFlags) installation(ctx context.Context, c *kube.Client, pr
 }
 
 // resolve turns the flags into an installation, its objects and the labels
-// its overlay needs on other namespaces.
+// its overlay needs on other namespaces. Without --revision, the revision
+// is the one kfistio installed, if any.
 func (f *installationFlags) resolve(ctx context.Context, c *kube.Client, progress io.Writer) (build.Installation, []*unstructured.Unstructured, []*unstructured.Unstructured, error) {
+	if !f.changed("revision") {
+		inv, err := (&install.Installer{Client: c}).ReadInventory(ctx)
+		switch {
+		case err == nil:
+			f.revision = inv.Revision
+		case !errors.Is(err, install.ErrNotInstalled):
+			return build.Installation{}, nil, nil, err
+		}
+	}
 	in, err := f.installation(ctx, c, progress)
 	if err != nil {
 		return in, nil, nil, err

@@ -10,6 +10,8 @@ import (
 
 	"github.com/kubeflow/kfistio/internal/install"
 	"github.com/kubeflow/kfistio/internal/kube"
+	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/revision"
 	"github.com/kubeflow/kfistio/internal/upgrade"
 )
 
@@ -49,6 +51,7 @@ ready), and whether the cluster drifted from the tree.`,
 			if err != nil {
 				return err
 			}
+			index := object.Index(objs)
 			revs, err := upgrade.Revisions(ctx, in)
 			if err != nil {
 				return err
@@ -89,10 +92,19 @@ ready), and whether the cluster drifted from the tree.`,
 						fmt.Fprintf(s.Out, "      %s: %d pods, proxy %s\n", w.Workload, len(w.Pods), w.Proxy)
 					}
 				}
+				// Before the switch of an upgrade, what the switch applies is
+				// not expected yet.
+				pending := func(key string) bool {
+					o := index[key]
+					return inv.Upgrade != nil && inv.Upgrade.Default != inv.Upgrade.To && o != nil && o.GetLabels()[revision.StepLabel] == revision.StepSwitch
+				}
 				fmt.Fprintln(s.Out, "Components:")
 				for _, comp := range st.Components {
 					mark := "✓"
-					if comp.Status != "Current" {
+					switch {
+					case comp.Status != "Current" && pending(comp.Object):
+						mark, comp.Message = "·", "kfistio upgrade switch applies it"
+					case comp.Status != "Current":
 						mark = "✗"
 					}
 					fmt.Fprintf(s.Out, "  %s %s: %s\n", mark, comp.Object, comp.Message)
@@ -102,7 +114,11 @@ ready), and whether the cluster drifted from the tree.`,
 				} else {
 					fmt.Fprintf(s.Out, "Drift:    %d objects differ from the tree (kfistio diff shows how):\n", len(st.Drift))
 					for _, d := range st.Drift {
-						fmt.Fprintf(s.Out, "  %s would be %s\n", d.Object, d.Action)
+						note := ""
+						if pending(d.Object) {
+							note = " (by kfistio upgrade switch)"
+						}
+						fmt.Fprintf(s.Out, "  %s would be %s%s\n", d.Object, d.Action, note)
 					}
 				}
 				return nil

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 
@@ -84,16 +83,6 @@ unchanged, pruned per object) to standard output.`,
 		Args: cobra.NoArgs,
 		RunE: cluster.runE(s, &output, func(ctx context.Context, c *kube.Client) error {
 			in := &install.Installer{Client: c, Progress: progressFunc(s.Err)}
-			if !what.changed("revision") {
-				// Keep the revision kfistio installed.
-				inv, err := in.ReadInventory(ctx)
-				if err != nil && !errors.Is(err, install.ErrNotInstalled) {
-					return err
-				}
-				if inv != nil {
-					what.revision = inv.Revision
-				}
-			}
 			inst, objs, labels, err := what.resolve(ctx, c, s.Err)
 			if err != nil {
 				return err
@@ -122,7 +111,7 @@ unchanged, pruned per object) to standard output.`,
 	what.add(cmd)
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "send server-side dry-run requests only, and print what would change")
 	cmd.Flags().BoolVar(&force, "force-conflicts", false, "take over fields of kfistio's objects whose values other field managers changed")
-	cmd.Flags().StringVar(&what.revision, "revision", "", "install the control plane as revision "+upstream.Revision+" (istiod-"+upstream.Revision+", the default tag pointing at it) rather than as the default control plane; by default, the revision kfistio installed before, if any")
+	what.addRevision(cmd)
 	cmd.Flags().BoolVar(&inPlace, "unsupported-in-place", false, "replace a running istiod more than one minor release away in place, which Istio does not support (upgrade by revision instead: kfistio upgrade); then restart every injected workload")
 	cmd.Flags().BoolVar(&adopt, "adopt", false, "take over an installation that another tool applied (kubectl apply, client- or server-side): kfistio becomes the only field manager of its objects, and what the previous release set and this one does not is removed")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format of the change set: text or json")
@@ -169,6 +158,7 @@ Exit status: 0 when nothing would change, 1 when something would.`,
 	}
 	cluster.add(cmd)
 	what.add(cmd)
+	what.addRevision(cmd)
 	return cmd
 }
 

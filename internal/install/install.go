@@ -569,9 +569,9 @@ func (in *Installer) managed(snap *Snapshot, stub *unstructured.Unstructured) (*
 }
 
 // Delete deletes the live object o, whoever made it (a previous
-// installation's), as prune does.
+// installation's).
 func (in *Installer) Delete(ctx context.Context, o *unstructured.Unstructured, dryRun bool) (Change, error) {
-	return in.removeOne(ctx, o, Pruned, true, dryRun)
+	return in.removeOne(ctx, o, Deleted, true, dryRun)
 }
 
 // removeOne deletes, releases or keeps the live object o.

@@ -68,7 +68,7 @@ func readiness(o *unstructured.Unstructured) (*status.Result, error) {
 				"webhooks %s have no CA bundle: istiod writes it once it serves them; check kubectl logs -n istio-system deploy/istiod, and once istiod may update the webhook again, restart it (kubectl rollout restart -n istio-system deploy/istiod)",
 				strings.Join(missing, ", "))}, nil
 		}
-		return &status.Result{Status: status.CurrentStatus}, nil
+		return &status.Result{Status: status.CurrentStatus, Message: "every webhook has the CA bundle istiod writes"}, nil
 	}
 	return status.Compute(o)
 }
