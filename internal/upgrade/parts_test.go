@@ -2,15 +2,18 @@ package upgrade
 
 import (
 	"encoding/json"
+	"io/fs"
 	"strings"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/install"
 	"github.com/kubeflow/kfistio/internal/revision"
 	"github.com/kubeflow/kfistio/internal/upstream"
+	"github.com/kubeflow/kfistio/manifests"
 )
 
 func parse(t *testing.T, doc string) *unstructured.Unstructured {
@@ -136,5 +139,43 @@ func TestSave(t *testing.T) {
 	save(up, stepSwitch, []*unstructured.Unstructured{cm}, get)
 	if len(up.Saved) != 2 || up.Saved[0].Object["data"].(map[string]any)["v"] != "1" || up.Saved[0].Step != stepStart || up.Saved[1].Object != nil {
 		t.Errorf("saved %+v", up.Saved)
+	}
+}
+
+// The file kubectl users apply at the switch makes the same webhooks select
+// nothing as the switch does: every webhook of the injector of a control
+// plane installed without a revision.
+func TestDeactivationFile(t *testing.T) {
+	tree, err := build.Embedded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, _, err := tree.InstallationParts(build.DefaultInstallation(build.DefaultOverlay))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var injector *unstructured.Unstructured
+	for _, o := range objs {
+		if o.GetKind() == "MutatingWebhookConfiguration" && o.GetName() == "istio-sidecar-injector" {
+			injector = o
+		}
+	}
+	if injector == nil {
+		t.Fatal("no MutatingWebhookConfiguration/istio-sidecar-injector in the default installation")
+	}
+	b, err := fs.ReadFile(manifests.FS, "istio-install/revision/deactivate-default-injector.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := json.Marshal(deactivation(injector).Object)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := json.Marshal(parse(t, string(b)).Object)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(want) {
+		t.Errorf("deactivate-default-injector.yaml is\n%s\nthe switch applies\n%s", got, want)
 	}
 }

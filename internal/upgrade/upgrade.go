@@ -208,12 +208,9 @@ func (u *Upgrader) Start(ctx context.Context, o Options) (_ *Result, err error) 
 	fps := map[string]string{}
 	if len(validator) > 0 {
 		// First: from now on, Istio config is validated whatever its labels.
-		err := u.In.Step("Validating Istio config without a revision label on revision "+up.From, func() error {
-			c, more, err := u.webhooks(ctx, o, snap, validator, inv.Applied)
-			res.Changes = append(res.Changes, c...)
-			addFingerprints(fps, more)
-			return err
-		})
+		c, more, err := u.webhooks(ctx, o, snap, validator, inv.Applied)
+		res.Changes = append(res.Changes, c...)
+		addFingerprints(fps, more)
 		if err != nil {
 			return res, err
 		}
