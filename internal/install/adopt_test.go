@@ -3,8 +3,6 @@ package install
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -17,6 +15,7 @@ import (
 	"github.com/kubeflow/kfistio/internal/inject"
 	"github.com/kubeflow/kfistio/internal/object"
 	"github.com/kubeflow/kfistio/internal/testcluster"
+	"github.com/kubeflow/kfistio/internal/testutil"
 )
 
 // previousRelease is the release of Kubeflow's previous Istio tree.
@@ -54,26 +53,13 @@ func kubectl(t *testing.T, args ...string) {
 	}
 }
 
-func writeYAML(t *testing.T, objs []*unstructured.Unstructured) string {
-	t.Helper()
-	b, err := object.Marshal(objs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := filepath.Join(t.TempDir(), "objects.yaml")
-	if err := os.WriteFile(f, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return f
-}
-
 // applyPrevious applies the previous installation as its users did: the
 // CRDs server-side (too large for client-side apply), the rest client-side
 // or server-side; then waits until its istiod runs and has let its validator
 // fail closed. The cleanup deletes whatever of it is still there.
 func applyPrevious(t *testing.T, serverSide bool) {
 	crds, rest := previousInstallation(t)
-	crdFile, restFile := writeYAML(t, crds), writeYAML(t, rest)
+	crdFile, restFile := testutil.WriteYAML(t, "objects.yaml", crds), testutil.WriteYAML(t, "objects.yaml", rest)
 	t.Cleanup(func() {
 		purge(t)
 		if out, err := cluster.Kubectl("delete", "--ignore-not-found", "--wait", "-f", restFile); err != nil && !strings.Contains(out, "ensure CRDs are installed first") {
@@ -182,9 +168,9 @@ func TestAdopt(t *testing.T) {
 			// From here on another writer keeps updating the objects that
 			// adoption moves, as istiod does its webhooks.
 			stop := cluster.KeepWriting(
-				Ref{APIVersion: "admissionregistration.k8s.io/v1", Kind: "ValidatingWebhookConfiguration", Name: "istio-validator-istio-system"}.stub(),
-				Ref{APIVersion: "admissionregistration.k8s.io/v1", Kind: "MutatingWebhookConfiguration", Name: "istio-sidecar-injector"}.stub(),
-				Ref{APIVersion: "apps/v1", Kind: "DaemonSet", Namespace: "kube-system", Name: "istio-cni-node"}.stub(),
+				Ref{APIVersion: "admissionregistration.k8s.io/v1", Kind: "ValidatingWebhookConfiguration", Name: "istio-validator-istio-system"}.Stub(),
+				Ref{APIVersion: "admissionregistration.k8s.io/v1", Kind: "MutatingWebhookConfiguration", Name: "istio-sidecar-injector"}.Stub(),
+				Ref{APIVersion: "apps/v1", Kind: "DaemonSet", Namespace: "kube-system", Name: "istio-cni-node"}.Stub(),
 			)
 			defer stop()
 			o.Adopt = true

@@ -46,7 +46,7 @@ func inventoryStubs(inv *Inventory) []*unstructured.Unstructured {
 	if inv == nil {
 		return nil
 	}
-	return stubs(inv.Objects)
+	return Stubs(inv.Objects)
 }
 
 func (in *Installer) diff(ctx context.Context, snap *Snapshot, inv *Inventory, objs []*unstructured.Unstructured) ([]ObjectDiff, error) {
@@ -79,7 +79,7 @@ func (in *Installer) diff(ctx context.Context, snap *Snapshot, inv *Inventory, o
 		if r.Kind == "CustomResourceDefinition" {
 			continue // kept by prune
 		}
-		if live, _ := in.managed(snap, r.stub()); live != nil {
+		if live, _ := in.managed(snap, r.Stub()); live != nil {
 			out = append(out, ObjectDiff{Object: r.Key(), Action: Pruned, Diff: diffYAML(r.Key(), live, nil)})
 		}
 	}

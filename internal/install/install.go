@@ -106,7 +106,7 @@ func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err e
 	// base is the inventory as this run last read or wrote it.
 	base := prev
 	// Read what is there, and refuse before any write.
-	snap, err := in.Snapshot(ctx, append(stubs(previous), o.Objects...))
+	snap, err := in.Snapshot(ctx, append(Stubs(previous), o.Objects...))
 	if err != nil {
 		return nil, err
 	}
@@ -211,7 +211,7 @@ func (in *Installer) preflight(ctx context.Context, o Options, snap *Snapshot) (
 	slices.Sort(namespaces)
 	nsStubs := make([]*unstructured.Unstructured, len(namespaces))
 	for i, name := range namespaces {
-		nsStubs[i] = Ref{APIVersion: "v1", Kind: "Namespace", Name: name}.stub()
+		nsStubs[i] = Ref{APIVersion: "v1", Kind: "Namespace", Name: name}.Stub()
 	}
 	// One LIST of namespaces, which the snapshot has already made when the
 	// installation defines one.
@@ -481,7 +481,7 @@ func (r *run) ensureNamespaces(ctx context.Context) error {
 	slices.Sort(needed)
 	var nss []*unstructured.Unstructured
 	for _, ns := range needed {
-		nss = append(nss, Ref{APIVersion: "v1", Kind: "Namespace", Name: ns}.stub())
+		nss = append(nss, Ref{APIVersion: "v1", Kind: "Namespace", Name: ns}.Stub())
 	}
 	if err := r.snap.Read(ctx, r.in, nss); err != nil {
 		return err
@@ -515,7 +515,7 @@ func (r *run) ensureNamespaces(ctx context.Context) error {
 // aggregation controller applies their rules, and an apply recreates a
 // ClusterRole that was just deleted.
 func (in *Installer) remove(ctx context.Context, snap *Snapshot, refs []Ref, action Action, purge, dryRun bool) (ChangeSet, error) {
-	ordered := installOrder(stubs(refs))
+	ordered := installOrder(Stubs(refs))
 	slices.Reverse(ordered)
 	if err := snap.Read(ctx, in, ordered); err != nil {
 		return nil, err

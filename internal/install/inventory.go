@@ -69,8 +69,8 @@ func stale(previous, desired []Ref) []Ref {
 	return out
 }
 
-// stub is an unstructured object that carries only the identity of r.
-func (r Ref) stub() *unstructured.Unstructured {
+// Stub is an unstructured object that carries only the identity of r.
+func (r Ref) Stub() *unstructured.Unstructured {
 	u := &unstructured.Unstructured{}
 	u.SetAPIVersion(r.APIVersion)
 	u.SetKind(r.Kind)
@@ -79,11 +79,11 @@ func (r Ref) stub() *unstructured.Unstructured {
 	return u
 }
 
-// stubs are the stubs of refs.
-func stubs(refs []Ref) []*unstructured.Unstructured {
+// Stubs are the stubs of refs.
+func Stubs(refs []Ref) []*unstructured.Unstructured {
 	out := make([]*unstructured.Unstructured, 0, len(refs))
 	for _, r := range refs {
-		out = append(out, r.stub())
+		out = append(out, r.Stub())
 	}
 	return out
 }

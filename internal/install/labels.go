@@ -88,7 +88,7 @@ type labelledNamespace struct {
 // namespaces returns every live namespace by name, with the labels
 // LabelsFieldManager owns on it, from snap (which lists them all at most once).
 func (in *Installer) namespaces(ctx context.Context, snap *Snapshot) (map[string]labelledNamespace, error) {
-	proto := []*unstructured.Unstructured{Ref{APIVersion: "v1", Kind: "Namespace"}.stub()}
+	proto := []*unstructured.Unstructured{Ref{APIVersion: "v1", Kind: "Namespace"}.Stub()}
 	if err := snap.Read(ctx, in, proto); err != nil {
 		return nil, err
 	}

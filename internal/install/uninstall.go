@@ -52,7 +52,7 @@ func (in *Installer) Uninstall(ctx context.Context, o UninstallOptions) (_ Chang
 	if inv == nil {
 		return nil, ErrNotInstalled
 	}
-	snap, err := in.Snapshot(ctx, stubs(inv.Objects))
+	snap, err := in.Snapshot(ctx, Stubs(inv.Objects))
 	if err != nil {
 		return nil, err
 	}
@@ -110,7 +110,7 @@ func (in *Installer) customResources(ctx context.Context, snap *Snapshot, refs [
 		if r.Kind != "CustomResourceDefinition" {
 			continue
 		}
-		crd, _ := snap.Get(in, r.stub())
+		crd, _ := snap.Get(in, r.Stub())
 		if crd == nil {
 			continue
 		}
@@ -154,7 +154,7 @@ func (in *Installer) customResources(ctx context.Context, snap *Snapshot, refs [
 // namespace.
 func (in *Installer) WaitGone(ctx context.Context, refs []Ref, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
-	objs := stubs(refs)
+	objs := Stubs(refs)
 	for {
 		snap, err := in.managedSnapshot(ctx, objs)
 		if err != nil {

@@ -27,12 +27,8 @@ func validatorRevisions(objs []*unstructured.Unstructured) []string {
 		if o.GetKind() != "ValidatingWebhookConfiguration" {
 			continue
 		}
-		hooks, _, _ := unstructured.NestedSlice(o.Object, "webhooks")
-		for _, h := range hooks {
-			m, _ := h.(map[string]any)
-			svcNS, _, _ := unstructured.NestedString(m, "clientConfig", "service", "namespace")
-			path, _, _ := unstructured.NestedString(m, "clientConfig", "service", "path")
-			if rev := revision.OfObject(o); svcNS == revision.Namespace && path == "/validate" && !slices.Contains(revs, rev) {
+		for _, ws := range object.WebhookServices(o) {
+			if rev := revision.OfObject(o); ws.Namespace == revision.Namespace && ws.Path == "/validate" && !slices.Contains(revs, rev) {
 				revs = append(revs, rev)
 			}
 		}

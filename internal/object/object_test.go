@@ -1,9 +1,13 @@
 package object
 
 import (
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/yaml"
 )
 
 func TestCanonical(t *testing.T) {
@@ -46,5 +50,33 @@ func TestParse(t *testing.T) {
 		if _, err := Parse("bad.yaml", []byte(bad)); err == nil || !strings.Contains(err.Error(), "bad.yaml: document 1") {
 			t.Errorf("%q: %v", bad, err)
 		}
+	}
+}
+
+// The Services of webhooks, with the API server's default port; webhooks
+// called by URL and objects that are no webhook configuration have none.
+func TestWebhookServices(t *testing.T) {
+	var o unstructured.Unstructured
+	if err := yaml.Unmarshal([]byte(`apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {name: injector}
+webhooks:
+- name: a
+  clientConfig: {service: {namespace: istio-system, name: istiod, path: /inject, port: 15017}}
+- name: b
+  clientConfig: {url: "https://127.0.0.1:9443/inject"}
+- name: c
+  clientConfig: {service: {namespace: istio-system, name: istiod-1-29-1, path: /inject}}
+`), &o.Object); err != nil {
+		t.Fatal(err)
+	}
+	got := fmt.Sprint(WebhookServices(&o))
+	want := "[{a istio-system istiod /inject 15017} {c istio-system istiod-1-29-1 /inject 443}]"
+	if got != want {
+		t.Errorf("WebhookServices = %s, want %s", got, want)
+	}
+	o.SetKind("ConfigMap")
+	if ws := WebhookServices(&o); ws != nil {
+		t.Errorf("a ConfigMap calls %v", ws)
 	}
 }

@@ -5,6 +5,10 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/kubeflow/kfistio/internal/object"
 )
 
 // CopyDir copies the directory src into a new temporary directory, as
@@ -33,4 +37,21 @@ func CopyDir(t testing.TB, src string) string {
 		t.Fatal(err)
 	}
 	return dst
+}
+
+// WriteYAML writes objs as a YAML stream to file (in a temporary directory
+// of t when file is a bare name) and returns its path.
+func WriteYAML(t testing.TB, file string, objs []*unstructured.Unstructured) string {
+	t.Helper()
+	b, err := object.Marshal(objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if filepath.Base(file) == file {
+		file = filepath.Join(t.TempDir(), file)
+	}
+	if err := os.WriteFile(file, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return file
 }

@@ -233,13 +233,7 @@ func TestRollbackWithKubectl(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := object.Marshal(rest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "previous.yaml"), b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	testutil.WriteYAML(t, filepath.Join(dir, "previous.yaml"), rest)
 	kubectlStep(t, dir, steps, "start", false)
 	waitIstiod(t, next.Istiod)
 	kubectlStep(t, dir, steps, "switch", true)

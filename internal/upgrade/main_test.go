@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -22,7 +21,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/yaml"
 
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/doctor"
@@ -31,6 +29,7 @@ import (
 	"github.com/kubeflow/kfistio/internal/object"
 	"github.com/kubeflow/kfistio/internal/revision"
 	"github.com/kubeflow/kfistio/internal/testcluster"
+	"github.com/kubeflow/kfistio/internal/testutil"
 	"github.com/kubeflow/kfistio/internal/upstream"
 )
 
@@ -80,20 +79,6 @@ const (
 	canary   = "canary"
 )
 
-// writeYAML writes objs to a file of the test.
-func writeYAML(t *testing.T, objs []*unstructured.Unstructured) string {
-	t.Helper()
-	b, err := object.Marshal(objs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := filepath.Join(t.TempDir(), "objects.yaml")
-	if err := os.WriteFile(f, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return f
-}
-
 func kubectl(t *testing.T, args ...string) {
 	t.Helper()
 	if _, err := cluster.Kubectl(args...); err != nil {
@@ -111,7 +96,7 @@ func applyKubeflow(t *testing.T, rev string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	crdFile, restFile := writeYAML(t, crds), writeYAML(t, rest)
+	crdFile, restFile := testutil.WriteYAML(t, "objects.yaml", crds), testutil.WriteYAML(t, "objects.yaml", rest)
 	t.Cleanup(func() { wipe(t, restFile) })
 	kubectl(t, "apply", "--server-side", "-f", crdFile)
 	kubectl(t, "wait", "--for", "condition=established", "--timeout", "60s", "-f", crdFile)
@@ -143,7 +128,7 @@ func wipe(t *testing.T, files ...string) {
 	if _, err := u.In.Uninstall(ctx, install.UninstallOptions{Purge: true, Confirm: true, Timeout: 2 * time.Minute}); err != nil && !errors.Is(err, install.ErrNotInstalled) {
 		t.Errorf("uninstall: %v", err)
 	}
-	rev := writeYAML(t, options(t).Objects)
+	rev := testutil.WriteYAML(t, "objects.yaml", options(t).Objects)
 	for _, f := range append(files, rev) {
 		// Objects whose CRDs are gone are gone too.
 		if out, err := cluster.Kubectl("delete", "--ignore-not-found", "--wait=false", "-f", f); err != nil &&
@@ -212,9 +197,7 @@ func namespace(t *testing.T, name string, labels map[string]string) {
 // runs.
 func workload(t *testing.T, ns, name string) *corev1.Pod {
 	t.Helper()
-	u, _ := upgrader(t)
-	d := &unstructured.Unstructured{}
-	if err := yaml.Unmarshal([]byte(fmt.Sprintf(`apiVersion: apps/v1
+	create(t, fmt.Sprintf(`apiVersion: apps/v1
 kind: Deployment
 metadata: {name: %[1]s, namespace: %[2]s}
 spec:
@@ -225,17 +208,22 @@ spec:
     spec:
       containers:
       - {name: app, image: registry.example/app:1}
-`, name, ns)), &d.Object); err != nil {
-		t.Fatal(err)
-	}
-	res, err := u.In.Client.Resource(d)
+`, name, ns))
+	return runningPod(t, ns, "app="+name)
+}
+
+// create creates the object of the YAML document doc.
+func create(t *testing.T, doc string) {
+	t.Helper()
+	u, _ := upgrader(t)
+	o := parse(t, doc)
+	res, err := u.In.Client.Resource(o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := res.Create(context.Background(), d, metav1.CreateOptions{}); err != nil {
+	if _, err := res.Create(context.Background(), o, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	return runningPod(t, ns, "app="+name)
 }
 
 // runningPod waits until the newest pod that selector selects in ns runs.
@@ -391,12 +379,7 @@ func watch(t *testing.T, ns string, labels ...map[string]any) (stop func() (prob
 }
 
 func ref(apiVersion, kind, ns, name string) *unstructured.Unstructured {
-	o := &unstructured.Unstructured{}
-	o.SetAPIVersion(apiVersion)
-	o.SetKind(kind)
-	o.SetNamespace(ns)
-	o.SetName(name)
-	return o
+	return install.Ref{APIVersion: apiVersion, Kind: kind, Namespace: ns, Name: name}.Stub()
 }
 
 // upstreamErrors are error lines that istiod logs, through client-go's

@@ -64,12 +64,7 @@ func selectParts(objs []*unstructured.Unstructured, rev string, parts ...part) [
 // control plane, as Istio's charts name it.
 func counterpart(o *unstructured.Unstructured, of, in string) *unstructured.Unstructured {
 	base, _ := revision.Base(o.GetName(), of)
-	c := &unstructured.Unstructured{}
-	c.SetAPIVersion(o.GetAPIVersion())
-	c.SetKind(o.GetKind())
-	c.SetNamespace(o.GetNamespace())
-	c.SetName(revision.Name(base, in))
-	return c
+	return install.Ref{APIVersion: o.GetAPIVersion(), Kind: o.GetKind(), Namespace: o.GetNamespace(), Name: revision.Name(base, in)}.Stub()
 }
 
 // neverMatch is the selector that Istio's own tooling gives webhooks it

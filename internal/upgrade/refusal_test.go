@@ -7,11 +7,10 @@ import (
 	"strings"
 	"testing"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"sigs.k8s.io/yaml"
 
 	"github.com/kubeflow/kfistio/internal/revision"
+	"github.com/kubeflow/kfistio/internal/testutil"
 	"github.com/kubeflow/kfistio/internal/upstream"
 )
 
@@ -19,9 +18,7 @@ import (
 // for revision rev, with no pod.
 func fakeIstiod(t *testing.T, rev, release string) {
 	t.Helper()
-	u, _ := upgrader(t)
-	d := &unstructured.Unstructured{}
-	if err := yaml.Unmarshal([]byte(fmt.Sprintf(`apiVersion: apps/v1
+	create(t, fmt.Sprintf(`apiVersion: apps/v1
 kind: Deployment
 metadata: {name: %[1]s, namespace: istio-system, labels: {app: istiod, istio.io/rev: %[2]s}}
 spec:
@@ -32,16 +29,7 @@ spec:
     spec:
       containers:
       - {name: discovery, image: gcr.io/istio-release/pilot:%[3]s}
-`, revision.NamesOf(rev).Istiod, rev, release)), &d.Object); err != nil {
-		t.Fatal(err)
-	}
-	res, err := u.In.Client.Resource(d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := res.Create(context.Background(), d, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+`, revision.NamesOf(rev).Istiod, rev, release))
 }
 
 // What cannot be upgraded by revision is refused with the reason, and with
@@ -74,7 +62,7 @@ func TestUpgradeRefusals(t *testing.T) {
 	expect("two control planes", err, "runs 2 control planes")
 	deleteIstiod(t, upstream.Revision)
 
-	ztunnel := writeYAML(t, []*unstructured.Unstructured{{Object: map[string]any{
+	ztunnel := testutil.WriteYAML(t, "objects.yaml", []*unstructured.Unstructured{{Object: map[string]any{
 		"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": map[string]any{"name": "ztunnel", "namespace": "kube-system"},
 		"spec": map[string]any{"selector": map[string]any{"matchLabels": map[string]any{"app": "ztunnel"}},
 			"template": map[string]any{"metadata": map[string]any{"labels": map[string]any{"app": "ztunnel"}},

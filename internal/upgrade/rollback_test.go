@@ -12,6 +12,7 @@ import (
 	"github.com/kubeflow/kfistio/internal/install"
 	"github.com/kubeflow/kfistio/internal/revision"
 	"github.com/kubeflow/kfistio/internal/testcluster"
+	"github.com/kubeflow/kfistio/internal/testutil"
 	"github.com/kubeflow/kfistio/internal/upstream"
 )
 
@@ -149,7 +150,7 @@ func TestUpgradeFromRevision(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { wipe(t, writeYAML(t, rest)) })
+	t.Cleanup(func() { wipe(t, testutil.WriteYAML(t, "objects.yaml", rest)) })
 	u, _ := upgrader(t)
 	o := options(t)
 	earlier := o.Installation

@@ -80,6 +80,17 @@ func (u *Upgrader) read(ctx context.Context) (*state, error) {
 	return &state{inv: inv, cps: cps}, nil
 }
 
+// underway reads the cluster and returns the upgrade under way, or an error
+// that says why there is nothing to do (what).
+func (u *Upgrader) underway(ctx context.Context, o Options, what string) (*state, *install.Upgrade, error) {
+	st, err := u.read(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	up, err := st.upgrade(o, what)
+	return st, up, err
+}
+
 // upgrade returns the upgrade under way, or an error that says so.
 func (st *state) upgrade(o Options, what string) (*install.Upgrade, error) {
 	if st.inv == nil || st.inv.Upgrade == nil {
@@ -285,24 +296,7 @@ func (st *state) previous() []*unstructured.Unstructured {
 	if st.inv == nil {
 		return nil
 	}
-	return stubs(st.inv.Objects)
-}
-
-func stubs(refs []install.Ref) []*unstructured.Unstructured {
-	out := make([]*unstructured.Unstructured, 0, len(refs))
-	for _, r := range refs {
-		out = append(out, stub(r))
-	}
-	return out
-}
-
-func stub(r install.Ref) *unstructured.Unstructured {
-	o := &unstructured.Unstructured{}
-	o.SetAPIVersion(r.APIVersion)
-	o.SetKind(r.Kind)
-	o.SetNamespace(r.Namespace)
-	o.SetName(r.Name)
-	return o
+	return install.Stubs(st.inv.Objects)
 }
 
 // record is the inventory of the cluster while the upgrade is under way:
@@ -361,11 +355,7 @@ func (u *Upgrader) writeApplied(ctx context.Context, base *install.Inventory, fp
 // unvalidated. Proxies that run keep the old istiod until their workloads
 // restart.
 func (u *Upgrader) Switch(ctx context.Context, o Options) (_ *Result, err error) {
-	st, err := u.read(ctx)
-	if err != nil {
-		return nil, err
-	}
-	up, err := st.upgrade(o, "switch")
+	st, up, err := u.underway(ctx, o, "switch")
 	if err != nil {
 		return nil, err
 	}
@@ -514,11 +504,7 @@ func WithoutGateways(ws []doctor.StaleWorkload) []doctor.StaleWorkload {
 // Istio's CRDs serve older releases). It refuses while a proxy uses that
 // revision, naming the workloads to restart.
 func (u *Upgrader) Finish(ctx context.Context, o Options) (*Result, error) {
-	st, err := u.read(ctx)
-	if err != nil {
-		return nil, err
-	}
-	up, err := st.upgrade(o, "finish")
+	st, up, err := u.underway(ctx, o, "finish")
 	if err != nil {
 		return nil, err
 	}
@@ -555,7 +541,7 @@ func (u *Upgrader) finish(ctx context.Context, o Options, st *state, up *install
 			for _, r := range up.Previous.Objects {
 				if !slices.ContainsFunc(candidates, func(c *unstructured.Unstructured) bool { return install.RefOf(c).Key() == r.Key() }) &&
 					!slices.ContainsFunc(o.Objects, func(n *unstructured.Unstructured) bool { return install.RefOf(n).Key() == r.Key() }) {
-					candidates = append(candidates, stub(r))
+					candidates = append(candidates, r.Stub())
 				}
 			}
 		}
@@ -568,7 +554,7 @@ func (u *Upgrader) finish(ctx context.Context, o Options, st *state, up *install
 			}
 		}
 	}
-	snap, err := u.In.Snapshot(ctx, append(candidates, stubs(refsOf(restore))...))
+	snap, err := u.In.Snapshot(ctx, append(candidates, install.Stubs(refsOf(restore))...))
 	if err != nil {
 		return nil, err
 	}
@@ -695,7 +681,7 @@ func (u *Upgrader) restore(ctx context.Context, o Options, snap *install.Snapsho
 			back = append(back, &unstructured.Unstructured{Object: s.Object})
 			continue
 		}
-		if live, _ := snap.Get(u.In, stub(s.Ref)); live != nil {
+		if live, _ := snap.Get(u.In, s.Ref.Stub()); live != nil {
 			c, err := u.In.Delete(ctx, live, false)
 			if err != nil {
 				errs = append(errs, err)
@@ -726,11 +712,7 @@ func (u *Upgrader) restore(ctx context.Context, o Options, snap *install.Snapsho
 // otherwise the workloads that use it are listed, to restart before
 // kfistio upgrade finish.
 func (u *Upgrader) Rollback(ctx context.Context, o Options) (_ *Result, err error) {
-	st, err := u.read(ctx)
-	if err != nil {
-		return nil, err
-	}
-	up, err := st.upgrade(o, "roll back")
+	st, up, err := u.underway(ctx, o, "roll back")
 	if err != nil {
 		return nil, err
 	}
@@ -767,7 +749,7 @@ func (u *Upgrader) Rollback(ctx context.Context, o Options) (_ *Result, err erro
 // switchBack undoes the switch: gateways, then the old injector, then the
 // tag and the default validator.
 func (u *Upgrader) switchBack(ctx context.Context, o Options, st *state, up *install.Upgrade, entries []install.Saved, res *Result) (err error) {
-	snap, err := u.In.Snapshot(ctx, stubs(refsOf(entries)))
+	snap, err := u.In.Snapshot(ctx, install.Stubs(refsOf(entries)))
 	if err != nil {
 		return err
 	}

@@ -173,22 +173,14 @@ func checkWebhookServices(t *target) []Problem {
 		if kind != "MutatingWebhookConfiguration" && kind != "ValidatingWebhookConfiguration" {
 			continue
 		}
-		hooks, _, _ := unstructured.NestedSlice(o.Object, "webhooks")
-		for _, h := range hooks {
-			hm, _ := h.(map[string]any)
-			svc, _, _ := unstructured.NestedString(hm, "clientConfig", "service", "name")
-			svcNS, _, _ := unstructured.NestedString(hm, "clientConfig", "service", "namespace")
-			if svcNS != ns {
+		for _, ws := range object.WebhookServices(o) {
+			if ws.Namespace != ns {
 				continue
 			}
-			port, found, _ := unstructured.NestedInt64(hm, "clientConfig", "service", "port")
-			if !found {
-				port = 443
-			}
-			where := fmt.Sprintf("webhooks[%v].clientConfig.service", hm["name"])
-			if s := t.get("Service", ns, svc); s == nil {
-				p.because(object.Key(o), where, "calls Service "+ns+"/"+svc+", which the installation lacks")
-			} else if why := reaches(s, port, tpl); why != "" {
+			where := fmt.Sprintf("webhooks[%s].clientConfig.service", ws.Webhook)
+			if s := t.get("Service", ns, ws.Name); s == nil {
+				p.because(object.Key(o), where, "calls Service "+ns+"/"+ws.Name+", which the installation lacks")
+			} else if why := reaches(s, ws.Port, tpl); why != "" {
 				p.because(object.Key(o), where, why)
 			}
 		}
