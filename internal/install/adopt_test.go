@@ -279,12 +279,12 @@ func TestAdopt(t *testing.T) {
 			}
 			// A new connection: the purge removed the Istio kinds.
 			after, _ := admin(t)
-			left, err := after.managedSnapshot(ctx, o.Objects)
+			left, err := after.Snapshot(ctx, o.Objects)
 			if err != nil {
 				t.Fatal(err)
 			}
 			for _, obj := range o.Objects {
-				if l, _ := left.Get(after, obj); l != nil {
+				if l, _ := left.Get(after, obj); l != nil && l.GetLabels()[ManagedLabel] == "true" {
 					t.Errorf("%s still labelled %s after uninstall", object.Key(obj), ManagedLabel)
 				}
 			}

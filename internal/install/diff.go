@@ -34,19 +34,11 @@ func (in *Installer) Diff(ctx context.Context, objs []*unstructured.Unstructured
 	if err != nil {
 		return nil, err
 	}
-	snap, err := in.Snapshot(ctx, append(inventoryStubs(inv), objs...))
+	snap, err := in.Snapshot(ctx, append(inv.Stubs(), objs...))
 	if err != nil {
 		return nil, err
 	}
 	return in.diff(ctx, snap, inv, objs)
-}
-
-// inventoryStubs are the stubs of what inv records (none without one).
-func inventoryStubs(inv *Inventory) []*unstructured.Unstructured {
-	if inv == nil {
-		return nil
-	}
-	return Stubs(inv.Objects)
 }
 
 func (in *Installer) diff(ctx context.Context, snap *Snapshot, inv *Inventory, objs []*unstructured.Unstructured) ([]ObjectDiff, error) {

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/kube"
@@ -75,22 +76,25 @@ type Options struct {
 	Timeout time.Duration
 	// Version of kfistio, for the inventory.
 	Version string
-	// Release is the Istio release of Objects, for the inventory; empty for
-	// the tree's.
-	Release string
 }
 
 // DefaultTimeout bounds each wait of an install.
 const DefaultTimeout = 5 * time.Minute
+
+// TimeoutOr is d, or DefaultTimeout when d is not set.
+func TimeoutOr(d time.Duration) time.Duration {
+	if d <= 0 {
+		return DefaultTimeout
+	}
+	return d
+}
 
 // Install applies the installation in stages, waits for each stage, prunes
 // what an earlier install applied and this one no longer has, and returns
 // what it changed. A repeated install with nothing to change writes nothing.
 // An interrupted install leaves an inventory that the next run completes.
 func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err error) {
-	if o.Timeout <= 0 {
-		o.Timeout = DefaultTimeout
-	}
+	o.Timeout = TimeoutOr(o.Timeout)
 	prev, err := readInventory(ctx, in.Client.Kube)
 	if err != nil {
 		return nil, err
@@ -123,9 +127,6 @@ func (in *Installer) Install(ctx context.Context, o Options) (_ ChangeSet, err e
 		desired = append(desired, RefOf(obj))
 	}
 	inv := NewInventory(o.Installation, o.Version, desired)
-	if o.Release != "" {
-		inv.IstioRelease = o.Release
-	}
 	if all := union(previous, desired); !o.DryRun && (prev == nil || len(all) > len(previous)) {
 		// Record first what this install may create, so that an interrupted
 		// run can still be pruned or uninstalled.
@@ -274,9 +275,7 @@ func (in *Installer) istiodRelease(snap *Snapshot, objs []*unstructured.Unstruct
 // It neither reads nor writes the inventory, and prunes nothing: that is for
 // the caller, which holds the lease (Begin).
 func (in *Installer) Apply(ctx context.Context, o Options, snap *Snapshot, last map[string]string) (ChangeSet, map[string]string, error) {
-	if o.Timeout <= 0 {
-		o.Timeout = DefaultTimeout
-	}
+	o.Timeout = TimeoutOr(o.Timeout)
 	var adopt map[string]*owned
 	if o.Adopt {
 		if err := snap.Read(ctx, in, o.Objects); err != nil {
@@ -591,10 +590,10 @@ func (in *Installer) removeOne(ctx context.Context, o *unstructured.Unstructured
 		opts = []string{metav1.DryRunAll}
 	}
 	switch {
-	case o.GetKind() == "Namespace" && !(purge && o.GetName() == istioNamespace):
+	case o.GetKind() == "Namespace" && !(purge && o.GetName() == revision.Namespace):
 		// Applying the bare identity drops every field kfistio owned.
 		body := []byte(fmt.Sprintf(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":%q}}`, o.GetName()))
-		if _, err := res.Patch(ctx, o.GetName(), types.ApplyPatchType, body, metav1.PatchOptions{FieldManager: FieldManager, Force: ptr(true), DryRun: opts}); err != nil {
+		if _, err := res.Patch(ctx, o.GetName(), types.ApplyPatchType, body, metav1.PatchOptions{FieldManager: FieldManager, Force: ptr.To(true), DryRun: opts}); err != nil {
 			return Change{}, fmt.Errorf("release %s: %w", key, err)
 		}
 		return Change{Object: key, Action: Released, Note: "kfistio's labels removed; the namespace is kept"}, nil
@@ -602,11 +601,9 @@ func (in *Installer) removeOne(ctx context.Context, o *unstructured.Unstructured
 		return Change{Object: key, Action: Unchanged, Note: "kept: only uninstall --purge deletes CRDs"}, nil
 	}
 	policy := metav1.DeletePropagationBackground
-	precond := metav1.Preconditions{UID: ptr(o.GetUID())}
+	precond := metav1.Preconditions{UID: ptr.To(o.GetUID())}
 	if err := res.Delete(ctx, o.GetName(), metav1.DeleteOptions{PropagationPolicy: &policy, Preconditions: &precond, DryRun: opts}); err != nil && !apierrors.IsNotFound(err) {
 		return Change{}, fmt.Errorf("delete %s: %w", key, err)
 	}
 	return Change{Object: key, Action: action}, nil
 }
-
-const istioNamespace = "istio-system"

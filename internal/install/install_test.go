@@ -14,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 )
 
 const (
@@ -459,7 +460,7 @@ func TestFieldManagerConflict(t *testing.T) {
 	patch := []byte(`{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"istiod","namespace":"istio-system"},
 "spec":{"template":{"spec":{"containers":[{"name":"discovery","env":[{"name":"ENABLE_DEBUG_ON_HTTP","value":"true"}]}]}}}}`)
 	_, err := in.Client.Kube.AppsV1().Deployments("istio-system").Patch(ctx, "istiod", types.ApplyPatchType, patch,
-		metav1.PatchOptions{FieldManager: "debugging-operator", Force: ptr(true)})
+		metav1.PatchOptions{FieldManager: "debugging-operator", Force: ptr.To(true)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -88,6 +88,14 @@ func Stubs(refs []Ref) []*unstructured.Unstructured {
 	return out
 }
 
+// Stubs are the stubs of what inv records (none without one).
+func (inv *Inventory) Stubs() []*unstructured.Unstructured {
+	if inv == nil {
+		return nil
+	}
+	return Stubs(inv.Objects)
+}
+
 // Inventory is what the inventory ConfigMap records.
 type Inventory struct {
 	// Overlay and the optional parts of the installation.
@@ -261,7 +269,7 @@ func writeInventory(ctx context.Context, kc kubernetes.Interface, inv, base *Inv
 				Labels: map[string]string{ManagedLabel: "true"}}, Data: map[string]string{inventoryData: string(b)}}
 			got, err = cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: FieldManager})
 			if apierrors.IsAlreadyExists(err) {
-				return errInventoryChanged(err)
+				return errInventoryChanged(errors.New("another run created it meanwhile"))
 			}
 		} else {
 			next := cur.DeepCopy()
@@ -334,4 +342,3 @@ func deleteInventory(ctx context.Context, kc kubernetes.Interface, inv *Inventor
 func union(a, b []Ref) []Ref {
 	return append(stale(a, b), b...)
 }
-func ptr[T any](v T) *T { return &v }

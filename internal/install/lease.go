@@ -14,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
 
 	"github.com/kubeflow/kfistio/internal/object"
 )
@@ -34,8 +35,8 @@ type HeldError struct {
 }
 
 func (e *HeldError) Error() string {
-	return fmt.Sprintf("another kfistio operation is running: Lease/%s/%s is held by %s since %s (renewed until %s); wait until it ends, or, if it was killed, run again after %s",
-		InventoryNamespace, LeaseName, e.Holder, e.Since.UTC().Format(time.RFC3339), e.ExpiresAt.UTC().Format(time.RFC3339), e.ExpiresAt.UTC().Format(time.RFC3339))
+	return fmt.Sprintf("another kfistio operation is running: %s is held by %s since %s (renewed until %s); wait until it ends, or, if it was killed, run again after %s",
+		leaseKey, e.Holder, e.Since.UTC().Format(time.RFC3339), e.ExpiresAt.UTC().Format(time.RFC3339), e.ExpiresAt.UTC().Format(time.RFC3339))
 }
 
 // lease is a Lease this process holds; it renews it until released.
@@ -68,7 +69,7 @@ func acquireLease(ctx context.Context, kc kubernetes.Interface, holder string) (
 	var got *coordinationv1.Lease
 	err := onConflict(ctx, leaseKey, "take", func(bool) error {
 		now := metav1.NewMicroTime(time.Now())
-		spec := coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: ptr(int32(LeaseDuration / time.Second)),
+		spec := coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: ptr.To(int32(LeaseDuration / time.Second)),
 			AcquireTime: &now, RenewTime: &now}
 		cur, err := leases.Get(ctx, LeaseName, metav1.GetOptions{})
 		switch {
@@ -85,7 +86,7 @@ func acquireLease(ctx context.Context, kc kubernetes.Interface, holder string) (
 			next := cur.DeepCopy()
 			next.Spec = spec
 			if cur.Spec.LeaseTransitions != nil {
-				next.Spec.LeaseTransitions = ptr(*cur.Spec.LeaseTransitions + 1)
+				next.Spec.LeaseTransitions = ptr.To(*cur.Spec.LeaseTransitions + 1)
 			}
 			got, err = leases.Update(ctx, next, metav1.UpdateOptions{FieldManager: FieldManager})
 		}
@@ -142,10 +143,10 @@ func heldError(l *coordinationv1.Lease) error {
 
 func leaseError(what string, err error) error {
 	if apierrors.IsForbidden(err) {
-		return fmt.Errorf("%s Lease/%s/%s: permission denied (kfistio needs get, create, update and delete on leases.coordination.k8s.io in %s): %w",
-			what, InventoryNamespace, LeaseName, InventoryNamespace, err)
+		return fmt.Errorf("%s %s: permission denied (kfistio needs get, create, update and delete on leases.coordination.k8s.io in %s): %w",
+			what, leaseKey, InventoryNamespace, err)
 	}
-	return fmt.Errorf("%s Lease/%s/%s: %w", what, InventoryNamespace, LeaseName, err)
+	return fmt.Errorf("%s %s: %w", what, leaseKey, err)
 }
 
 // renew renews the lease at a third of its duration until released. A lease
@@ -178,7 +179,7 @@ func (l *lease) renew() {
 				l.obj = cur
 			}
 			next := l.obj.DeepCopy()
-			next.Spec.RenewTime = ptr(metav1.NewMicroTime(time.Now()))
+			next.Spec.RenewTime = ptr.To(metav1.NewMicroTime(time.Now()))
 			got, err := l.kc.CoordinationV1().Leases(InventoryNamespace).Update(ctx, next, metav1.UpdateOptions{FieldManager: FieldManager})
 			if err == nil {
 				l.obj = got
@@ -225,9 +226,12 @@ func (l *lease) release() error {
 	err := onConflict(ctx, leaseKey, "release", func(first bool) error {
 		if !first {
 			cur, err := leases.Get(ctx, LeaseName, metav1.GetOptions{})
-			if err != nil || !ownLease(cur, l.holder) {
+			switch {
+			case apierrors.IsNotFound(err) || (err == nil && !ownLease(cur, l.holder)):
 				// Gone, or another run's now: nothing of this run to delete.
 				return nil
+			case err != nil:
+				return err
 			}
 			l.obj = cur
 		}
@@ -300,4 +304,4 @@ func (in *Installer) BeforeWrite(ctx context.Context) error {
 
 // ErrInventoryMoved says the inventory changed between the operation's first
 // read and the moment it took the lease: another operation ended in between.
-var ErrInventoryMoved = fmt.Errorf("the inventory ConfigMap/%s/%s changed while this run read the cluster (another kfistio operation ended meanwhile); nothing was changed: run again", InventoryNamespace, InventoryName)
+var ErrInventoryMoved = errors.New("the inventory " + inventoryKey + " changed while this run read the cluster (another kfistio operation ended meanwhile); nothing was changed: run again")

@@ -16,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 
 	"github.com/kubeflow/kfistio/internal/kube"
 )
@@ -28,7 +29,7 @@ func writeLease(t *testing.T, holder string, renewed time.Time) {
 	leases := in.Client.Kube.CoordinationV1().Leases(InventoryNamespace)
 	at := metav1.NewMicroTime(renewed)
 	l := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: LeaseName, Namespace: InventoryNamespace},
-		Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: ptr(int32(LeaseDuration / time.Second)), AcquireTime: &at, RenewTime: &at}}
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: ptr.To(int32(LeaseDuration / time.Second)), AcquireTime: &at, RenewTime: &at}}
 	if _, err := leases.Create(context.Background(), l, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}

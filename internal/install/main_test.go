@@ -12,6 +12,7 @@ import (
 
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/kube"
+	"github.com/kubeflow/kfistio/internal/revision"
 	"github.com/kubeflow/kfistio/internal/testcluster"
 )
 
@@ -93,11 +94,11 @@ func purge(t *testing.T) {
 		}
 		gone = append(gone, RefOf(&c))
 	}
-	if err := in.Client.Kube.CoreV1().Namespaces().Delete(ctx, istioNamespace, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+	if err := in.Client.Kube.CoreV1().Namespaces().Delete(ctx, revision.Namespace, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		t.Fatalf("purge: %v", err)
 	}
 	if err := in.WaitGone(ctx, gone, 2*time.Minute); err != nil {
 		t.Fatalf("purge: %v", err)
 	}
-	waitNamespaceGone(t, istioNamespace)
+	waitNamespaceGone(t, revision.Namespace)
 }

@@ -56,12 +56,6 @@ func (in *Installer) Snapshot(ctx context.Context, objs []*unstructured.Unstruct
 	return in.snapshot(ctx, objs, "")
 }
 
-// managedSnapshot lists only the objects that carry ManagedLabel: what the
-// waits poll, which kfistio applied.
-func (in *Installer) managedSnapshot(ctx context.Context, objs []*unstructured.Unstructured) (*Snapshot, error) {
-	return in.snapshot(ctx, objs, ManagedLabel+"=true")
-}
-
 func (in *Installer) snapshot(ctx context.Context, objs []*unstructured.Unstructured, selector string) (*Snapshot, error) {
 	s := &Snapshot{selector: selector, listed: map[scope]bool{}, objs: map[identity]*unstructured.Unstructured{}}
 	return s, s.Read(ctx, in, objs)

@@ -49,7 +49,7 @@ func (s *Status) Ready() bool {
 // installed overlay) and how the cluster drifted from it.
 func (in *Installer) Status(ctx context.Context, inv *Inventory, objs []*unstructured.Unstructured) (*Status, error) {
 	s := &Status{Inventory: inv}
-	snap, err := in.Snapshot(ctx, append(inventoryStubs(inv), objs...))
+	snap, err := in.Snapshot(ctx, append(inv.Stubs(), objs...))
 	if err != nil {
 		return nil, err
 	}

@@ -42,9 +42,7 @@ func (e *PurgeError) Error() string {
 // Uninstall removes what the inventory records, in reverse install order,
 // waits until it is gone, and deletes the inventory.
 func (in *Installer) Uninstall(ctx context.Context, o UninstallOptions) (_ ChangeSet, err error) {
-	if o.Timeout <= 0 {
-		o.Timeout = DefaultTimeout
-	}
+	o.Timeout = TimeoutOr(o.Timeout)
 	inv, err := readInventory(ctx, in.Client.Kube)
 	if err != nil {
 		return nil, err
@@ -150,13 +148,13 @@ func (in *Installer) customResources(ctx context.Context, snap *Snapshot, refs [
 	return out, nil
 }
 
-// WaitGone waits until refs no longer exist, listing them by kind and
-// namespace.
+// WaitGone waits until refs no longer exist, whoever manages them, listing
+// them by kind and namespace.
 func (in *Installer) WaitGone(ctx context.Context, refs []Ref, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	objs := Stubs(refs)
 	for {
-		snap, err := in.managedSnapshot(ctx, objs)
+		snap, err := in.Snapshot(ctx, objs)
 		if err != nil {
 			return err
 		}

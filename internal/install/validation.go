@@ -56,7 +56,7 @@ func (in *Installer) waitValidator(ctx context.Context, what, rev string, timeou
 	probe := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
 		"metadata": map[string]any{
-			"name": "kfistio-validation-probe", "namespace": istioNamespace,
+			"name": "kfistio-validation-probe", "namespace": revision.Namespace,
 			"labels":      map[string]any{revision.Label: rev},
 			"annotations": map[string]any{constants.AlwaysReject: "true"},
 		},
@@ -65,7 +65,7 @@ func (in *Installer) waitValidator(ctx context.Context, what, rev string, timeou
 	deadline := time.Now().Add(timeout)
 	for {
 		// A poll: each answer counts, none is retried.
-		_, err := in.Client.Dynamic.Resource(gateways).Namespace(istioNamespace).Create(kube.WithoutRetries(ctx), probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		_, err := in.Client.Dynamic.Resource(gateways).Namespace(revision.Namespace).Create(kube.WithoutRetries(ctx), probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 		switch {
 		case err == nil:
 			// No webhook validates it: nothing to wait for.
@@ -78,7 +78,7 @@ func (in *Installer) waitValidator(ctx context.Context, what, rev string, timeou
 		if time.Now().After(deadline) {
 			istiod := revision.NamesOf(rev).Istiod
 			return &NotReadyError{What: what, Timeout: timeout, Objects: []NotReady{{
-				Object: object.KeyOf("Service", istioNamespace, istiod), Status: "InProgress",
+				Object: object.KeyOf("Service", revision.Namespace, istiod), Status: "InProgress",
 				Reason: "istiod's validation webhook does not answer: " + err.Error() + "; check kubectl logs -n istio-system deploy/" + istiod,
 			}}}
 		}

@@ -29,6 +29,16 @@ func KeyOf(kind, namespace, name string) string {
 	return kind + "/" + namespace + "/" + name
 }
 
+// SplitKey is the kind, namespace and name of the key of a namespaced
+// object (Kind/namespace/name); ok is false for any other string.
+func SplitKey(key string) (kind, namespace, name string, ok bool) {
+	parts := strings.Split(key, "/")
+	if len(parts) != 3 {
+		return "", "", "", false
+	}
+	return parts[0], parts[1], parts[2], true
+}
+
 // Less orders objects as they are installed: kinds in kustomize's legacy order
 // (Namespaces and CRDs first, webhooks last), then group and version, then
 // namespace and name.

@@ -6,7 +6,6 @@ package revision
 
 import (
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 
@@ -59,17 +58,6 @@ const Namespace = "istio-system"
 // Of returns the revision name of an Istio release, as Istio's documentation
 // names canary revisions: 1.29.1 is 1-29-1.
 func Of(release string) string { return strings.ReplaceAll(release, ".", "-") }
-
-// valid matches the names Istio accepts for a revision (a DNS label).
-var valid = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
-
-// Check returns an error when name cannot name a revision.
-func Check(name string) error {
-	if name == "" || len(name) > 63 || !valid.MatchString(name) {
-		return fmt.Errorf("%q is not a revision name: use lower-case letters, digits and dashes, such as %s", name, Of("1.29.1"))
-	}
-	return nil
-}
 
 // Name returns the name of the object of revision rev that the default
 // control plane calls base: istiod is istiod-1-29-1, and names that end in

@@ -20,7 +20,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/doctor"
@@ -447,18 +446,6 @@ func imageOf(t *testing.T, o *unstructured.Unstructured, c string) string {
 		}
 	}
 	return ""
-}
-
-func patchJSON(t *testing.T, o *unstructured.Unstructured, patch string) {
-	t.Helper()
-	u, _ := upgrader(t)
-	res, err := u.In.Client.Resource(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := res.Patch(context.Background(), o.GetName(), types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // text is the change set as kfistio prints it, for messages.

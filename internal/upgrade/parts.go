@@ -28,12 +28,6 @@ const (
 	gateway
 )
 
-// Steps of an upgrade, as Saved records them.
-const (
-	stepStart  = "start"
-	stepSwitch = "switch"
-)
-
 // partOf says what o, an object of the installation of revision rev, is.
 func partOf(o *unstructured.Unstructured, rev string) part {
 	switch {
@@ -157,9 +151,9 @@ func restorable(live *unstructured.Unstructured) map[string]any {
 }
 
 // saved returns the entry of u for ref, or nil.
-func saved(u *install.Upgrade, ref install.Ref) *install.Saved {
+func saved(u *install.Upgrade, step string, ref install.Ref) *install.Saved {
 	for i := range u.Saved {
-		if u.Saved[i].Ref == ref {
+		if u.Saved[i].Step == step && u.Saved[i].Ref == ref {
 			return &u.Saved[i]
 		}
 	}
@@ -167,11 +161,12 @@ func saved(u *install.Upgrade, ref install.Ref) *install.Saved {
 }
 
 // save records, for step, each object of objs as live holds it (nil when
-// there is none), unless an earlier run of the upgrade did.
+// there is none), unless an earlier run of that step did: a rollback of the
+// step puts back what was there before it.
 func save(u *install.Upgrade, step string, objs []*unstructured.Unstructured, live func(*unstructured.Unstructured) *unstructured.Unstructured) {
 	for _, o := range objs {
 		ref := install.RefOf(o)
-		if o.GetKind() == "CustomResourceDefinition" || saved(u, ref) != nil {
+		if o.GetKind() == "CustomResourceDefinition" || saved(u, step, ref) != nil {
 			continue
 		}
 		s := install.Saved{Step: step, Ref: ref}

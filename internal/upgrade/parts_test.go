@@ -10,6 +10,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/kubeflow/kfistio/internal/build"
+	"github.com/kubeflow/kfistio/internal/doctor"
 	"github.com/kubeflow/kfistio/internal/install"
 	"github.com/kubeflow/kfistio/internal/revision"
 	"github.com/kubeflow/kfistio/internal/upstream"
@@ -123,8 +124,8 @@ webhooks:
 	}
 }
 
-// save records each object once, as it was first, and leaves CRDs out: they
-// are never rolled back.
+// save records each object once per step, as it was before that step's
+// first run, and leaves CRDs out: they are never rolled back.
 func TestSave(t *testing.T) {
 	up := &install.Upgrade{}
 	cm := parse(t, `{apiVersion: v1, kind: ConfigMap, metadata: {name: a, namespace: istio-system}, data: {v: "1"}}`)
@@ -132,12 +133,18 @@ func TestSave(t *testing.T) {
 	live := map[string]*unstructured.Unstructured{"a": cm}
 	get := func(o *unstructured.Unstructured) *unstructured.Unstructured { return live[o.GetName()] }
 	created := parse(t, `{apiVersion: v1, kind: ConfigMap, metadata: {name: b, namespace: istio-system}}`)
-	save(up, stepStart, []*unstructured.Unstructured{cm, crd, created}, get)
+	save(up, revision.StepStart, []*unstructured.Unstructured{cm, crd, created}, get)
 	changed := cm.DeepCopy()
 	changed.Object["data"] = map[string]any{"v": "2"}
 	live["a"] = changed
-	save(up, stepSwitch, []*unstructured.Unstructured{cm}, get)
-	if len(up.Saved) != 2 || up.Saved[0].Object["data"].(map[string]any)["v"] != "1" || up.Saved[0].Step != stepStart || up.Saved[1].Object != nil {
+	save(up, revision.StepSwitch, []*unstructured.Unstructured{cm}, get)
+	// A step run again keeps what was there before its first run.
+	live["a"] = parse(t, `{apiVersion: v1, kind: ConfigMap, metadata: {name: a, namespace: istio-system}, data: {v: "3"}}`)
+	save(up, revision.StepStart, []*unstructured.Unstructured{cm, created}, get)
+	save(up, revision.StepSwitch, []*unstructured.Unstructured{cm}, get)
+	data := func(i int) any { return up.Saved[i].Object["data"].(map[string]any)["v"] }
+	if len(up.Saved) != 3 || up.Saved[0].Step != revision.StepStart || data(0) != "1" || up.Saved[1].Object != nil ||
+		up.Saved[2].Step != revision.StepSwitch || data(2) != "2" {
 		t.Errorf("saved %+v", up.Saved)
 	}
 }
@@ -177,5 +184,20 @@ func TestDeactivationFile(t *testing.T) {
 	}
 	if string(got) != string(want) {
 		t.Errorf("deactivate-default-injector.yaml is\n%s\nthe switch applies\n%s", got, want)
+	}
+}
+
+// The gateways are left out of a copy: the caller's list stays whole.
+func TestWithoutGateways(t *testing.T) {
+	ws := []doctor.StaleWorkload{
+		{Workload: "Deployment/istio-system/istio-ingressgateway"},
+		{Workload: "Deployment/kubeflow-user-example-com/notebook"},
+	}
+	got := WithoutGateways(ws)
+	if len(got) != 1 || got[0].Workload != "Deployment/kubeflow-user-example-com/notebook" {
+		t.Errorf("WithoutGateways = %+v", got)
+	}
+	if ws[0].Workload != "Deployment/istio-system/istio-ingressgateway" || ws[1].Workload != "Deployment/kubeflow-user-example-com/notebook" {
+		t.Errorf("WithoutGateways changed its input: %+v", ws)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/kubeflow/kfistio/internal/doctor"
 	"github.com/kubeflow/kfistio/internal/install"
+	"github.com/kubeflow/kfistio/internal/object"
 )
 
 // RestartOptions say which workloads Restart restarts.
@@ -107,7 +107,7 @@ func (u *Upgrader) Restart(ctx context.Context, o RestartOptions) (*Result, erro
 				restarted[w.Workload] = true
 				res.Changes = append(res.Changes, install.Change{Object: w.Workload, Action: Restarted, Note: fmt.Sprintf("its pods ran proxies %s", w.Proxy)})
 			}
-			return u.In.WaitWorkloads(ctx, "waiting for the workloads of namespace "+ns, objs, timeout(o.Timeout))
+			return u.In.WaitWorkloads(ctx, "waiting for the workloads of namespace "+ns, objs, install.TimeoutOr(o.Timeout))
 		})
 		if err != nil {
 			return res, err
@@ -124,19 +124,11 @@ const Restarted install.Action = "restarted"
 // rollout restart does, and returns a stub of w; nil when w is not a
 // Deployment, StatefulSet or DaemonSet.
 func (u *Upgrader) restart(ctx context.Context, w doctor.StaleWorkload) (*unstructured.Unstructured, error) {
-	parts := strings.Split(w.Workload, "/")
-	if len(parts) != 3 {
+	kind, ns, name, ok := object.SplitKey(w.Workload)
+	if !ok || (kind != "Deployment" && kind != "StatefulSet" && kind != "DaemonSet") {
 		return nil, nil
 	}
-	kind, ns, name := parts[0], parts[1], parts[2]
-	if kind != "Deployment" && kind != "StatefulSet" && kind != "DaemonSet" {
-		return nil, nil
-	}
-	obj := &unstructured.Unstructured{}
-	obj.SetAPIVersion("apps/v1")
-	obj.SetKind(kind)
-	obj.SetNamespace(ns)
-	obj.SetName(name)
+	obj := install.Ref{APIVersion: "apps/v1", Kind: kind, Namespace: ns, Name: name}.Stub()
 	res, err := u.In.Client.Resource(obj)
 	if err != nil {
 		return nil, fmt.Errorf("restart %s: %w", w.Workload, err)

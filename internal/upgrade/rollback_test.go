@@ -65,16 +65,33 @@ func TestUpgradeRollback(t *testing.T) {
 	notebook := workload(t, profile, "notebook")
 	old := connectSidecar(t, notebook, previousDefault.Istiod, previous)
 
-	// After start.
+	// After start, with a workload of a canary namespace on the new
+	// revision: the rollback keeps the revision until the workload has moved
+	// (a new label, a restart), then finish removes it.
 	if res, err := u.Start(ctx, o); err != nil {
 		t.Fatalf("start: %v\n%s", err, text(res.Changes))
 	}
+	namespace(t, canary, map[string]string{revision.Label: upstream.Revision})
+	expectProxy(t, workload(t, canary, "app"), upstream.Release, upstream.Revision)
 	res, err := u.Rollback(ctx, o)
 	if err != nil {
 		t.Fatalf("rollback after start: %v\n%s", err, text(res.Changes))
 	}
-	if res.Upgrade != nil || len(res.InUse) != 0 {
-		t.Errorf("rollback after start left %+v, in use %+v", res.Upgrade, res.InUse)
+	if res.Upgrade == nil || !res.Upgrade.RolledBack || len(res.InUse) != 1 || !strings.Contains(Next(res.Upgrade, len(res.InUse)), "restart") {
+		t.Fatalf("rollback after start with a workload on the new revision: upgrade %+v, in use %+v", res.Upgrade, res.InUse)
+	}
+	var inUse *InUseError
+	if _, err := u.Finish(ctx, o); !errors.As(err, &inUse) || inUse.Revision != upstream.Revision {
+		t.Fatalf("finish with the canary on the new revision: %v", err)
+	}
+	kubectl(t, "label", "namespace", canary, revision.Label+"-", "istio-injection=enabled")
+	if res, err := u.Restart(ctx, RestartOptions{Namespaces: []string{canary}}); err != nil || len(res.InUse) != 0 {
+		t.Fatalf("restart %s: %+v, %v", canary, res, err)
+	}
+	expectProxy(t, runningPod(t, canary, "app=app"), previous, revision.Default)
+	kubectl(t, "delete", "deployment", "-n", canary, "app", "--cascade=foreground", "--wait")
+	if res, err = u.Finish(ctx, o); err != nil {
+		t.Fatalf("finish after the rollback: %v\n%s", err, text(res.Changes))
 	}
 	expectPrevious(t, "rollback after start")
 	old.expectPush(t, "rollback after start")
@@ -119,8 +136,17 @@ func TestUpgradeRollback(t *testing.T) {
 		expectProxy(t, p, previous, revision.Default)
 	}
 	expectValidated(t, "rollback after switch")
+	// The default validator calls the previous istiod again.
+	vwc, err := u.In.Client.Kube.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, revision.DefaultValidator, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range vwc.Webhooks {
+		if s := h.ClientConfig.Service; s == nil || s.Name != previousDefault.Istiod {
+			t.Errorf("after the rollback, webhook %s of %s calls %+v, want Service %s", h.Name, vwc.Name, s, previousDefault.Istiod)
+		}
+	}
 	// Finish removes the new revision once nothing uses it.
-	var inUse *InUseError
 	if _, err := u.Finish(ctx, o); !errors.As(err, &inUse) || inUse.Revision != upstream.Revision {
 		t.Fatalf("finish with the notebook on the new revision: %v", err)
 	}
@@ -128,7 +154,12 @@ func TestUpgradeRollback(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectProxy(t, runningPod(t, profile, "app=notebook"), previous, revision.Default)
-	if res, err = u.Finish(ctx, o); err != nil {
+	// Config without a revision label goes unvalidated again once the default
+	// validator is gone, as before the upgrade.
+	stop = watch(t, profile, validationLabels[1])
+	res, err = u.Finish(ctx, o)
+	expectWatched(t, "finish after the rollback", stop)
+	if err != nil {
 		t.Fatalf("finish after the rollback: %v\n%s", err, text(res.Changes))
 	}
 	expectPrevious(t, "finish after the rollback")
@@ -156,7 +187,7 @@ func TestUpgradeFromRevision(t *testing.T) {
 	earlier := o.Installation
 	earlier.Revision = from
 	objs := append(crds, rest...)
-	if cs, err := u.In.Install(ctx, install.Options{Installation: earlier, Objects: objs, Version: "earlier", Release: previous}); err != nil {
+	if cs, err := u.In.Install(ctx, install.Options{Installation: earlier, Objects: objs, Version: "earlier"}); err != nil {
 		t.Fatalf("the earlier install: %v\n%s", err, text(cs))
 	}
 	mark := cluster.IstiodLogMark()

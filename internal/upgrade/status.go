@@ -42,7 +42,7 @@ func Revisions(ctx context.Context, in *install.Installer) ([]Revision, error) {
 		r := Revision{ControlPlane: cp}
 		u, err := runtime.DefaultUnstructuredConverter.ToUnstructured(cp.Deployment)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("status of Deployment/%s/%s: %w", cp.Deployment.Namespace, cp.Deployment.Name, err)
 		}
 		d := &unstructured.Unstructured{Object: u}
 		d.SetAPIVersion("apps/v1")

@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/doctor"
@@ -192,7 +193,7 @@ func (u *Upgrader) Start(ctx context.Context, o Options) (_ *Result, err error) 
 		return nil, err
 	}
 	res := &Result{Notes: notes, Upgrade: up}
-	snap, err := u.In.Snapshot(ctx, append(st.previous(), o.Objects...))
+	snap, err := u.In.Snapshot(ctx, append(st.inv.Stubs(), o.Objects...))
 	if err != nil {
 		return nil, err
 	}
@@ -201,15 +202,14 @@ func (u *Upgrader) Start(ctx context.Context, o Options) (_ *Result, err error) 
 	// earlier run of this step made it).
 	var validator []*unstructured.Unstructured
 	for _, v := range selectParts(o.Objects, up.To, tag) {
-		if v.GetKind() != "ValidatingWebhookConfiguration" || up.Default != up.From {
+		if v.GetKind() != "ValidatingWebhookConfiguration" {
 			continue
 		}
-		live, _ := snap.Get(u.In, v)
-		if s := saved(up, install.RefOf(v)); live == nil || (s != nil && s.Step == stepStart) {
+		if live, _ := snap.Get(u.In, v); live == nil || saved(up, revision.StepStart, install.RefOf(v)) != nil {
 			validator = append(validator, retarget(v, up.From))
 		}
 	}
-	save(up, stepStart, append(slices.Clone(objs), validator...), u.live(snap))
+	save(up, revision.StepStart, append(slices.Clone(objs), validator...), u.live(snap))
 	release := u.In.Begin(st.inv)
 	defer func() { err = errors.Join(err, release()) }()
 	inv := st.record(o, up)
@@ -291,14 +291,6 @@ func (u *Upgrader) live(snap *install.Snapshot) func(*unstructured.Unstructured)
 	}
 }
 
-// previous are stubs of what the inventory records.
-func (st *state) previous() []*unstructured.Unstructured {
-	if st.inv == nil {
-		return nil
-	}
-	return install.Stubs(st.inv.Objects)
-}
-
 // record is the inventory of the cluster while the upgrade is under way:
 // the new installation, whose objects and the previous inventory's are
 // uninstall's to remove, and the upgrade.
@@ -378,7 +370,7 @@ func (u *Upgrader) Switch(ctx context.Context, o Options) (_ *Result, err error)
 			toSave = append(toSave, injector)
 		}
 	}
-	save(up, stepSwitch, toSave, u.live(snap))
+	save(up, revision.StepSwitch, toSave, u.live(snap))
 	up.Default = up.To
 	release := u.In.Begin(st.inv)
 	defer func() { err = errors.Join(err, release()) }()
@@ -444,15 +436,13 @@ func (u *Upgrader) applySelectors(ctx context.Context, a *unstructured.Unstructu
 	}
 	body, err := json.Marshal(a.Object)
 	if err != nil {
-		return install.Change{}, err
+		return install.Change{}, fmt.Errorf("apply the webhook selectors of %s: %w", key, err)
 	}
-	if _, err := res.Patch(ctx, a.GetName(), types.ApplyPatchType, body, metav1.PatchOptions{FieldManager: UpgradeFieldManager, Force: ptr(true)}); err != nil {
+	if _, err := res.Patch(ctx, a.GetName(), types.ApplyPatchType, body, metav1.PatchOptions{FieldManager: UpgradeFieldManager, Force: ptr.To(true)}); err != nil {
 		return install.Change{}, fmt.Errorf("apply the webhook selectors of %s: %w", key, err)
 	}
 	return install.Change{Object: key, Action: install.Configured, Note: note}, nil
 }
-
-func ptr[T any](v T) *T { return &v }
 
 // InUseError refuses to remove a revision whose proxies still run.
 type InUseError struct {
@@ -485,16 +475,14 @@ func (u *Upgrader) proxies(ctx context.Context, rev string, gateways bool) ([]do
 
 // namespaceOf is the namespace of a workload (Kind/namespace/name).
 func namespaceOf(w doctor.StaleWorkload) string {
-	if parts := strings.Split(w.Workload, "/"); len(parts) == 3 {
-		return parts[1]
-	}
-	return ""
+	_, ns, _, _ := object.SplitKey(w.Workload)
+	return ns
 }
 
 // WithoutGateways drops the workloads of istio-system, the gateways, which
 // the switch moves.
 func WithoutGateways(ws []doctor.StaleWorkload) []doctor.StaleWorkload {
-	return slices.DeleteFunc(ws, func(w doctor.StaleWorkload) bool { return namespaceOf(w) == revision.Namespace })
+	return slices.DeleteFunc(slices.Clone(ws), func(w doctor.StaleWorkload) bool { return namespaceOf(w) == revision.Namespace })
 }
 
 // Finish removes the revision that is not the default one: after a switch,
@@ -546,8 +534,8 @@ func (u *Upgrader) finish(ctx context.Context, o Options, st *state, up *install
 			}
 		}
 	} else {
-		// What the start made goes back; istiod first, as above.
-		restore = savedOf(up, stepStart)
+		// What the start made goes back; istiod first, as below.
+		restore = savedOf(up, revision.StepStart)
 		for _, obj := range selectParts(o.Objects, up.To, controlPlane) {
 			if obj.GetKind() == "Deployment" {
 				candidates = append(candidates, obj)
@@ -580,10 +568,12 @@ func (u *Upgrader) finish(ctx context.Context, o Options, st *state, up *install
 				}
 				ch.Note = "revision " + gone
 				res.Changes = append(res.Changes, ch)
-				deleted = append(deleted, install.RefOf(live))
+				if ch.Action == install.Deleted {
+					deleted = append(deleted, install.RefOf(live))
+				}
 			}
 			if c.GetKind() == "Deployment" && (i+1 == len(candidates) || candidates[i+1].GetKind() != "Deployment") {
-				if err := u.podsGone(ctx, revision.Namespace, "app=istiod,"+revision.Label+"="+gone, timeout(o.Timeout)); err != nil {
+				if err := u.podsGone(ctx, revision.Namespace, "app=istiod,"+revision.Label+"="+gone, install.TimeoutOr(o.Timeout)); err != nil {
 					return err
 				}
 			}
@@ -597,7 +587,7 @@ func (u *Upgrader) finish(ctx context.Context, o Options, st *state, up *install
 		if err != nil {
 			return err
 		}
-		return u.In.WaitGone(ctx, append(deleted, more...), timeout(o.Timeout))
+		return u.In.WaitGone(ctx, append(deleted, more...), install.TimeoutOr(o.Timeout))
 	})
 	if err != nil {
 		return res, err
@@ -661,13 +651,6 @@ func refsOf(saved []install.Saved) []install.Ref {
 	return out
 }
 
-func timeout(d time.Duration) time.Duration {
-	if d <= 0 {
-		return install.DefaultTimeout
-	}
-	return d
-}
-
 // restore puts the saved objects back: applies those that were there before
 // (as they were) and deletes those the upgrade created, returning those it
 // deleted.
@@ -689,7 +672,9 @@ func (u *Upgrader) restore(ctx context.Context, o Options, snap *install.Snapsho
 			}
 			c.Note = "made by the upgrade"
 			changes = append(changes, c)
-			deleted = append(deleted, s.Ref)
+			if c.Action == install.Deleted {
+				deleted = append(deleted, s.Ref)
+			}
 		}
 	}
 	if err := errors.Join(errs...); err != nil || len(back) == 0 {
@@ -717,12 +702,11 @@ func (u *Upgrader) Rollback(ctx context.Context, o Options) (_ *Result, err erro
 		return nil, err
 	}
 	res := &Result{Upgrade: up}
-	entries := savedOf(up, stepSwitch)
-	if len(entries) > 0 {
-		if err := u.switchBack(ctx, o, st, up, entries, res); err != nil {
+	if !up.RolledBack {
+		if err := u.switchBack(ctx, o, st, up, savedOf(up, revision.StepSwitch), res); err != nil {
 			return res, err
 		}
-		if st, err = u.read(ctx); err != nil {
+		if st, up, err = u.underway(ctx, o, "roll back"); err != nil {
 			return res, err
 		}
 	}
@@ -732,11 +716,10 @@ func (u *Upgrader) Rollback(ctx context.Context, o Options) (_ *Result, err erro
 	}
 	if len(inUse) > 0 {
 		res.InUse = inUse
-		res.Notes = append(res.Notes, fmt.Sprintf("revision %s is the default again; %d workloads still run proxies of revision %s: restart them, then run kfistio upgrade finish to remove it", up.From, len(inUse), up.To))
+		res.Notes = append(res.Notes, fmt.Sprintf("revision %s is the default again; %d workloads still run proxies of revision %s: restart them (a namespace labelled %s=%s keeps injecting that revision until its label changes), then run kfistio upgrade finish to remove it",
+			up.From, len(inUse), up.To, revision.Label, up.To))
 		return res, nil
 	}
-	up = st.inv.Upgrade
-	up.RolledBack = true
 	fin, err := u.finish(ctx, o, st, up)
 	if fin != nil {
 		res.Changes = append(res.Changes, fin.Changes...)
@@ -746,8 +729,9 @@ func (u *Upgrader) Rollback(ctx context.Context, o Options) (_ *Result, err erro
 	return res, err
 }
 
-// switchBack undoes the switch: gateways, then the old injector, then the
-// tag and the default validator.
+// switchBack undoes the switch (entries, none before it): gateways, then
+// the old injector, then the tag and the default validator; and records
+// that the upgrade is rolled back.
 func (u *Upgrader) switchBack(ctx context.Context, o Options, st *state, up *install.Upgrade, entries []install.Saved, res *Result) (err error) {
 	snap, err := u.In.Snapshot(ctx, install.Stubs(refsOf(entries)))
 	if err != nil {
@@ -787,7 +771,7 @@ func (u *Upgrader) switchBack(ctx context.Context, o Options, st *state, up *ins
 	}
 	next := *up
 	next.Default, next.RolledBack = next.From, true
-	next.Saved = slices.DeleteFunc(slices.Clone(next.Saved), func(s install.Saved) bool { return s.Step == stepSwitch })
+	next.Saved = slices.DeleteFunc(slices.Clone(next.Saved), func(s install.Saved) bool { return s.Step == revision.StepSwitch })
 	inv := *st.inv
 	inv.Upgrade = &next
 	res.Upgrade = &next
