@@ -171,7 +171,7 @@ func writeStaleProxies(ctx context.Context, w io.Writer, c *kube.Client) error {
 	}
 	fmt.Fprintf(w, "%d workloads run sidecars of another Istio release; restart them so that they are injected with %s:\n", len(stale), upstream.Release)
 	for _, s := range stale {
-		fmt.Fprintf(w, "  %s   # %s: %d pods with proxy %s\n", s.Restart, s.Workload, len(s.Pods), s.Proxy)
+		fmt.Fprintf(w, "  %s\n", s.Line())
 	}
 	return nil
 }

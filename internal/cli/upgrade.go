@@ -201,7 +201,7 @@ func writeResult(s Streams, output string, res *upgrade.Result, err error) error
 	if len(res.InUse) > 0 && !errors.As(err, &inUse) {
 		fmt.Fprintf(s.Err, "%d workloads run proxies of a revision that is not the default; restart them (kfistio upgrade restart --all, or each command):\n", len(res.InUse))
 		for _, w := range res.InUse {
-			fmt.Fprintf(s.Err, "  %s   # %s: %d pods with proxy %s\n", w.Restart, w.Workload, len(w.Pods), w.Proxy)
+			fmt.Fprintf(s.Err, "  %s\n", w.Line())
 		}
 	}
 	if err == nil && res.Upgrade != nil {

@@ -32,6 +32,12 @@ type StaleWorkload struct {
 	Restart string
 }
 
+// Line is w as the lists of workloads to restart show it: the command, then
+// the workload and its proxies.
+func (w StaleWorkload) Line() string {
+	return fmt.Sprintf("%s   # %s: %d pods with proxy %s", w.Restart, w.Workload, len(w.Pods), w.Proxy)
+}
+
 // StaleProxies lists the workloads whose pods run a sidecar of another
 // release than release, sorted.
 func StaleProxies(ctx context.Context, c *kube.Client, release string) ([]StaleWorkload, error) {

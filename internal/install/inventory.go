@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 
 	"github.com/kubeflow/kfistio/internal/build"
 	"github.com/kubeflow/kfistio/internal/object"
@@ -250,12 +251,9 @@ func writeInventory(ctx context.Context, kc kubernetes.Interface, inv, base *Inv
 	}
 	return onConflict(ctx, inventoryKey, "write the inventory", func(first bool) error {
 		if !first {
-			now, err := cms.Get(ctx, InventoryName, metav1.GetOptions{})
-			switch {
-			case apierrors.IsNotFound(err):
-				now = nil
-			case err != nil:
-				return fmt.Errorf("read the inventory %s again: %w", inventoryKey, err)
+			now, err := rereadInventory(ctx, cms)
+			if err != nil {
+				return err
 			}
 			if (now == nil) != (cur == nil) || (now != nil && now.Data[inventoryData] != base.data()) {
 				return errInventoryChanged(errors.New("it records another installation now"))
@@ -291,6 +289,19 @@ func writeInventory(ctx context.Context, kc kubernetes.Interface, inv, base *Inv
 	})
 }
 
+// rereadInventory reads the inventory's ConfigMap again after a conflict;
+// nil when it is gone.
+func rereadInventory(ctx context.Context, cms typedcorev1.ConfigMapInterface) (*corev1.ConfigMap, error) {
+	now, err := cms.Get(ctx, InventoryName, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("read the inventory %s again: %w", inventoryKey, err)
+	}
+	return now, nil
+}
+
 // WriteInventory saves inv over base, the inventory as the operation last
 // read or wrote it (nil when there was none), under the operation's lease.
 func (in *Installer) WriteInventory(ctx context.Context, inv, base *Inventory) error {
@@ -316,12 +327,12 @@ func deleteInventory(ctx context.Context, kc kubernetes.Interface, inv *Inventor
 	cur := inv.cm
 	return onConflict(ctx, inventoryKey, "delete the inventory", func(first bool) error {
 		if !first {
-			now, err := cms.Get(ctx, InventoryName, metav1.GetOptions{})
+			now, err := rereadInventory(ctx, cms)
 			switch {
-			case apierrors.IsNotFound(err):
-				return nil
 			case err != nil:
-				return fmt.Errorf("read the inventory %s again: %w", inventoryKey, err)
+				return err
+			case now == nil:
+				return nil
 			case now.Data[inventoryData] != inv.data():
 				return fmt.Errorf("delete the inventory %s: another kfistio operation wrote it meanwhile; run again", inventoryKey)
 			}

@@ -27,8 +27,9 @@ func validatorRevisions(objs []*unstructured.Unstructured) []string {
 		if o.GetKind() != "ValidatingWebhookConfiguration" {
 			continue
 		}
+		rev := revision.OfObject(o)
 		for _, ws := range object.WebhookServices(o) {
-			if rev := revision.OfObject(o); ws.Namespace == revision.Namespace && ws.Path == "/validate" && !slices.Contains(revs, rev) {
+			if ws.Namespace == revision.Namespace && ws.Path == "/validate" && !slices.Contains(revs, rev) {
 				revs = append(revs, rev)
 			}
 		}

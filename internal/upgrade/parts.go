@@ -84,16 +84,7 @@ func inert(o *unstructured.Unstructured) *unstructured.Unstructured {
 // deactivation is the apply that makes every webhook of a mutating webhook
 // configuration select nothing, leaving the rest of it as it is.
 func deactivation(live *unstructured.Unstructured) *unstructured.Unstructured {
-	var hooks []any
-	live = live.DeepCopy()
-	lh, _, _ := unstructured.NestedSlice(live.Object, "webhooks")
-	for _, h := range lh {
-		hooks = append(hooks, map[string]any{"name": h.(map[string]any)["name"], "namespaceSelector": neverMatch, "objectSelector": neverMatch})
-	}
-	return &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": live.GetAPIVersion(), "kind": live.GetKind(),
-		"metadata": map[string]any{"name": live.GetName()}, "webhooks": hooks,
-	}}
+	return selectors(inert(live))
 }
 
 // selectors is the apply that gives the webhooks of a mutating webhook
@@ -150,7 +141,7 @@ func restorable(live *unstructured.Unstructured) map[string]any {
 	return c.Object
 }
 
-// saved returns the entry of u for ref, or nil.
+// saved returns the entry of u for step and ref, or nil.
 func saved(u *install.Upgrade, step string, ref install.Ref) *install.Saved {
 	for i := range u.Saved {
 		if u.Saved[i].Step == step && u.Saved[i].Ref == ref {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -85,13 +86,8 @@ func (u *Upgrader) Restart(ctx context.Context, o RestartOptions) (*Result, erro
 			byNamespace[ns] = append(byNamespace[ns], w)
 		}
 	}
-	namespaces := make([]string, 0, len(byNamespace))
-	for ns := range byNamespace {
-		namespaces = append(namespaces, ns)
-	}
-	slices.Sort(namespaces)
 	restarted := map[string]bool{}
-	for _, ns := range namespaces {
+	for _, ns := range slices.Sorted(maps.Keys(byNamespace)) {
 		var objs []*unstructured.Unstructured
 		err := u.In.Step(fmt.Sprintf("Restarting the workloads of namespace %s onto revision %s", ns, def), func() error {
 			for _, w := range byNamespace[ns] {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -221,7 +222,7 @@ func (u *Upgrader) Start(ctx context.Context, o Options) (_ *Result, err error) 
 		// First: from now on, Istio config is validated whatever its labels.
 		c, more, err := u.webhooks(ctx, o, snap, validator, inv.Applied)
 		res.Changes = append(res.Changes, c...)
-		addFingerprints(fps, more)
+		maps.Copy(fps, more)
 		if err != nil {
 			return res, err
 		}
@@ -231,7 +232,7 @@ func (u *Upgrader) Start(ctx context.Context, o Options) (_ *Result, err error) 
 	if err != nil {
 		return res, err
 	}
-	addFingerprints(fps, more)
+	maps.Copy(fps, more)
 	return res, u.writeApplied(ctx, inv, fps)
 }
 
@@ -315,15 +316,9 @@ func (st *state) record(o Options, up *install.Upgrade) *install.Inventory {
 	inv.Upgrade = up
 	inv.Applied = map[string]string{}
 	if st.inv != nil {
-		addFingerprints(inv.Applied, st.inv.Applied)
+		maps.Copy(inv.Applied, st.inv.Applied)
 	}
 	return inv
-}
-
-func addFingerprints(to, from map[string]string) {
-	for k, v := range from {
-		to[k] = v
-	}
 }
 
 // writeApplied records the fingerprints of a step in the inventory base
@@ -331,8 +326,8 @@ func addFingerprints(to, from map[string]string) {
 func (u *Upgrader) writeApplied(ctx context.Context, base *install.Inventory, fps map[string]string) error {
 	next := *base
 	next.Applied = map[string]string{}
-	addFingerprints(next.Applied, base.Applied)
-	addFingerprints(next.Applied, fps)
+	maps.Copy(next.Applied, base.Applied)
+	maps.Copy(next.Applied, fps)
 	next.Complete = true
 	return u.In.WriteInventory(ctx, &next, base)
 }
@@ -385,7 +380,7 @@ func (u *Upgrader) Switch(ctx context.Context, o Options) (_ *Result, err error)
 	if err != nil {
 		return res, err
 	}
-	addFingerprints(fps, more)
+	maps.Copy(fps, more)
 	if liveInjector != nil {
 		ch, err := u.applySelectors(ctx, deactivation(liveInjector), "its webhooks select nothing now: the default tag injects instead")
 		res.Changes = append(res.Changes, ch)
@@ -398,7 +393,7 @@ func (u *Upgrader) Switch(ctx context.Context, o Options) (_ *Result, err error)
 	if err != nil {
 		return res, err
 	}
-	addFingerprints(fps, more)
+	maps.Copy(fps, more)
 	if err := u.writeApplied(ctx, &inv, fps); err != nil {
 		return res, err
 	}
@@ -416,11 +411,7 @@ func oldInjector(up *install.Upgrade) *unstructured.Unstructured {
 	if up.From != revision.Default {
 		return nil
 	}
-	o := &unstructured.Unstructured{}
-	o.SetAPIVersion("admissionregistration.k8s.io/v1")
-	o.SetKind("MutatingWebhookConfiguration")
-	o.SetName(revision.NamesOf(up.From).InjectorWebhook)
-	return o
+	return install.Ref{APIVersion: "admissionregistration.k8s.io/v1", Kind: "MutatingWebhookConfiguration", Name: revision.NamesOf(up.From).InjectorWebhook}.Stub()
 }
 
 // applySelectors applies the selectors of a's webhooks as
@@ -454,7 +445,7 @@ func (e *InUseError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "revision %s still serves the proxies of %d workloads; nothing was changed: restart them (kfistio upgrade restart --all, or each command below), then run this again:", e.Revision, len(e.Workloads))
 	for _, w := range e.Workloads {
-		fmt.Fprintf(&b, "\n  %s   # %s: %d pods with proxy %s", w.Restart, w.Workload, len(w.Pods), w.Proxy)
+		b.WriteString("\n  " + w.Line())
 	}
 	return b.String()
 }

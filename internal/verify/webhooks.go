@@ -40,7 +40,7 @@ func checkValidation(t *target) []Problem {
 			continue
 		}
 		for _, w := range cfg.Webhooks {
-			if !callsIstiod(w.ClientConfig, t.names.Istiod) {
+			if !callsService(w.ClientConfig, t.names.Istiod, "/validate") {
 				continue
 			}
 			if w.FailurePolicy == nil || *w.FailurePolicy != admissionv1.Fail {
@@ -64,13 +64,6 @@ func checkValidation(t *target) []Problem {
 		}
 	}
 	return p
-}
-
-// callsIstiod reports whether a webhook calls the validation endpoint of
-// the Service istiod.
-func callsIstiod(c admissionv1.WebhookClientConfig, istiod string) bool {
-	return c.Service != nil && c.Service.Namespace == ns && c.Service.Name == istiod &&
-		c.Service.Path != nil && *c.Service.Path == "/validate"
 }
 
 // validatesIstioConfig reports whether w is called for the creation and
