@@ -2,7 +2,9 @@
 # Builds istioctl from the pinned istio.io/istio module (its own throwaway
 # module under _output/, so the project's go.mod stays as it is) and shows
 # that every render of `kfistio sync` equals `istioctl manifest generate` of
-# the same inputs.
+# the same inputs. Then builds kfistio and shows that the Istio analyzer
+# findings (IST*) of `kfistio doctor -f FILE` equal `istioctl analyze` of FILE
+# with the default installation, for every manifest of doctor's test data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=$(sed -n 's/^const ModuleVersion = "\(.*\)"/\1/p' internal/upstream/release.go)
@@ -24,3 +26,5 @@ MOD
 )
 echo "istioctl $(_output/bin/istioctl version --remote=false 2>/dev/null | head -1) from istio.io/istio $version" >&2
 go run ./hack/istioctl-compare -istioctl _output/bin/istioctl -root .
+go build -o _output/bin/kfistio ./cmd/kfistio
+go run ./hack/analyze-compare -istioctl _output/bin/istioctl -kfistio _output/bin/kfistio -root .

@@ -22,6 +22,7 @@ type doctorFlags struct {
 	fix            bool
 	output         string
 	failOn         string
+	suppress       []string
 }
 
 func newDoctorCommand(s Streams) *cobra.Command {
@@ -41,14 +42,25 @@ their traffic through the mesh's rules, and reports what it can prove:
          or leaving it without mTLS;
   KF003  the same for the download of a KServe storage initializer;
   KF004  a container runs as UID 1337, the sidecar's, and bypasses the mesh;
-  KF005  the injected pod violates the Pod Security level of its namespace.
+  KF005  the injected pod violates the Pod Security level of its namespace;
+  KF010  a VirtualService with a specific host on a gateway takes that
+         host's requests away from the routes of a wildcard VirtualService
+         ("*", as Kubeflow's), whose paths then answer 404 for it;
+  KF011  a route on a gateway is never used: an earlier route of another
+         VirtualService on the same host takes all its requests;
+  IST*   what Istio's analyzers find, as istioctl analyze of the same
+         release: IST0101 a referenced gateway or host not found, IST0132 a
+         host the gateway does not serve, IST0109 conflicting hosts, and
+         the rest (https://istio.io/latest/docs/reference/config/analysis/).
 
 A finding is a warning or an error only with evidence that traffic fails: a
 proxy that is not running yet, REGISTRY_ONLY, a Sidecar that leaves the
 destination out, a destination that requires mTLS. Otherwise it is info, a
 tip for when the mesh is stricter than the input shows. Namespaces, Sidecars,
-ServiceEntries, PeerAuthentications and the mesh ConfigMap in the input count
-as well as the overlay's; workloads of namespaces that Istio does not inject
+ServiceEntries, PeerAuthentications, Gateways, VirtualServices and the mesh
+ConfigMap in the input count as well as the overlay's, and Istio's analyzers
+read the input with the installation's objects (objects without a namespace
+as istioctl analyze --all-namespaces reads them); workloads of namespaces that Istio does not inject
 (istio-injection=disabled, another revision, ambient) are not findings.
 Already injected pods (kubectl get -o yaml) are judged as they are.
 
@@ -69,7 +81,14 @@ Without -f, doctor checks the cluster of --kubeconfig/--context:
   KF106  a pod's proxy is of another release than istiod
   KF107  a pod is stuck in istio-validation or istio-init
 
-and then runs the workload checks on the workloads of injected namespaces.
+and then runs the workload checks on the workloads of injected namespaces,
+the routing checks (KF010, KF011) on every gateway, and Istio's analyzers
+on the live resources.
+
+Istio's findings keep Istio's code, level and documentation page. Hide one
+with --suppress CODE=RESOURCE (RESOURCE as Istio prints it, "Kind
+namespace/name", with * globs), or with the annotation
+galley.istio.io/analyze-suppress: CODE[,CODE] on the object.
 
 Exit status: 0 without findings at or above --fail-on (with --fix: that it
 could not fix), 1 with, 2 when doctor could not run or read an input.`,
@@ -84,7 +103,10 @@ could not fix), 1 with, 2 when doctor could not run or read an input.`,
   kfistio doctor -f inferenceservice.yaml --fix > fixed.yaml
 
   # A live cluster
-  kfistio doctor --context prod -o json`,
+  kfistio doctor --context prod -o json
+
+  # Without one of Istio's findings
+  kfistio doctor -f app.yaml --suppress "IST0118=Service team-a/*"`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			report := s.Out
@@ -102,22 +124,27 @@ could not fix), 1 with, 2 when doctor could not run or read an input.`,
 			if err != nil {
 				return fail(err)
 			}
+			suppress, notes, err := doctor.ParseSuppressions(f.suppress)
+			if err != nil {
+				return fail(err)
+			}
 			var rep *doctor.Report
 			if len(f.files) > 0 {
 				var native *bool
 				if cmd.Flags().Changed("native-sidecars") {
 					native = &f.nativeSidecars
 				}
-				rep, err = doctorFiles(s, &f, native, min)
+				rep, err = doctorFiles(s, &f, native, min, suppress)
 			} else {
 				if f.fix {
 					return fail(errors.New("--fix works on manifests: pass them with -f"))
 				}
-				rep, err = doctorCluster(cmd.Context(), &f.cluster, s.Err)
+				rep, err = doctorCluster(cmd.Context(), &f.cluster, s.Err, suppress)
 			}
 			if err != nil {
 				return fail(err)
 			}
+			rep.Notes = append(notes, rep.Notes...)
 			if err := writeOutput(report, f.output, rep, func() error { return rep.WriteText(report) }); err != nil {
 				return &ExitError{Code: 2, Err: err}
 			}
@@ -138,6 +165,7 @@ could not fix), 1 with, 2 when doctor could not run or read an input.`,
 	addManifestsFlag(cmd, &f.manifests)
 	cmd.Flags().BoolVar(&f.fix, "fix", false, "with -f: print the manifests with the fixes of the findings at or above --fail-on applied")
 	cmd.Flags().StringVarP(&f.output, "output", "o", "text", "output format of the report: text or json")
+	cmd.Flags().StringArrayVar(&f.suppress, "suppress", nil, `hide an Istio analyzer's code on matching resources: CODE=RESOURCE, as "IST0102=Namespace team-a" (repeatable)`)
 	cmd.Flags().StringVar(&f.failOn, "fail-on", string(doctor.Warning), "exit 1 on findings of this severity or worse: info, warning, error")
 	return cmd
 }
@@ -153,7 +181,7 @@ func doctorFailed(w io.Writer, format string, rep *doctor.Report, err error) err
 
 // doctorFiles checks manifests as the installation of the flags would inject
 // and admit them, and with --fix writes them fixed to standard output.
-func doctorFiles(s Streams, f *doctorFlags, native *bool, min doctor.Severity) (*doctor.Report, error) {
+func doctorFiles(s Streams, f *doctorFlags, native *bool, min doctor.Severity, suppress []doctor.Suppression) (*doctor.Report, error) {
 	files, readErr := doctor.ReadFiles(f.files, s.In)
 	tree, err := openTree(f.manifests)
 	if err != nil {
@@ -171,6 +199,7 @@ func doctorFiles(s Streams, f *doctorFlags, native *bool, min doctor.Severity) (
 	if err != nil {
 		return nil, err
 	}
+	opts.Analysis.Suppressions = suppress
 	rep := doctor.CheckWorkloads(files, opts)
 	for _, e := range unjoin(readErr) {
 		rep.Errors = append(rep.Errors, e.Error())
@@ -194,10 +223,10 @@ func unjoin(err error) []error {
 	return nil
 }
 
-func doctorCluster(ctx context.Context, f *clusterFlags, warnings io.Writer) (*doctor.Report, error) {
+func doctorCluster(ctx context.Context, f *clusterFlags, warnings io.Writer, suppress []doctor.Suppression) (*doctor.Report, error) {
 	c, err := f.connect(ctx, warnings)
 	if err != nil {
 		return nil, err
 	}
-	return doctor.CheckCluster(ctx, c)
+	return doctor.CheckCluster(ctx, c, suppress)
 }

@@ -48,7 +48,10 @@ const (
 
 // CheckCluster checks a live cluster, then the workloads that run in its
 // injected namespaces.
-func CheckCluster(ctx context.Context, c *kube.Client) (*Report, error) {
+//
+// Istio's analyzers run over the live resources, and suppress hides their
+// findings as istioctl analyze --suppress does.
+func CheckCluster(ctx context.Context, c *kube.Client, suppress []Suppression) (*Report, error) {
 	r := &Report{}
 	cps, err := (&install.Installer{Client: c}).ControlPlanes(ctx)
 	if err != nil {
@@ -66,12 +69,13 @@ func CheckCluster(ctx context.Context, c *kube.Client) (*Report, error) {
 		r.Checked = 1
 		return r, nil
 	}
-	cl := &clusterCheck{c: c, r: r}
+	cl := &clusterCheck{c: c, r: r, suppress: suppress}
 	if err := cl.load(ctx, cp); err != nil {
 		return nil, err
 	}
 	for _, check := range []func(context.Context) error{
 		cl.cniReady, cl.gkeOverlay, cl.nativeSidecars, cl.webhookCABundles, cl.namespaceLevels, cl.pods, cl.workloads,
+		cl.routing, cl.analyzers,
 	} {
 		if err := check(ctx); err != nil {
 			return nil, err
@@ -83,8 +87,9 @@ func CheckCluster(ctx context.Context, c *kube.Client) (*Report, error) {
 }
 
 type clusterCheck struct {
-	c *kube.Client
-	r *Report
+	c        *kube.Client
+	r        *Report
+	suppress []Suppression
 	// What is installed: the injector, whether it uses CNI, the release of
 	// istiod, and the overlay kfistio recorded (empty when not kfistio's).
 	injector *inject.Injector
@@ -178,6 +183,44 @@ func typed(o runtime.Object, apiVersion, kind string) *unstructured.Unstructured
 	u.SetAPIVersion(apiVersion)
 	u.SetKind(kind)
 	return u
+}
+
+// routing checks the HTTP routes of the gateways (KF010, KF011) from the
+// Gateways, VirtualServices and gateway Deployments (labelled istio) of
+// every namespace.
+func (cl *clusterCheck) routing(ctx context.Context) error {
+	var objs []*unstructured.Unstructured
+	for _, q := range []struct {
+		gvr      schema.GroupVersionResource
+		selector string
+	}{
+		{schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "gateways"}, ""},
+		{schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "virtualservices"}, ""},
+		{schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "deployments"}, "istio"},
+	} {
+		list, err := cl.c.Dynamic.Resource(q.gvr).List(ctx, metav1.ListOptions{LabelSelector: q.selector})
+		if apierrors.IsNotFound(err) {
+			continue // the Istio CRDs are not installed
+		}
+		if err != nil {
+			return fmt.Errorf("list %s: %w", q.gvr.Resource, err)
+		}
+		for i := range list.Items {
+			objs = append(objs, &list.Items[i])
+		}
+	}
+	cl.r.Findings = append(cl.r.Findings, routingFindings(objs, func(*unstructured.Unstructured) string { return "cluster" })...)
+	return nil
+}
+
+// analyzers runs Istio's analyzers over the cluster.
+func (cl *clusterCheck) analyzers(ctx context.Context) error {
+	findings, err := AnalyzeCluster(ctx, cl.c, cl.suppress)
+	if err != nil {
+		return err
+	}
+	cl.r.Findings = append(cl.r.Findings, findings...)
+	return nil
 }
 
 // trafficResources are the Istio objects that decide where sidecars send

@@ -54,6 +54,8 @@ type Finding struct {
 	Source string `json:"source,omitempty"`
 	Reason string `json:"reason"`
 	Fix    string `json:"fix"`
+	// Doc is the documentation page of an Istio analyzer's code.
+	Doc string `json:"doc,omitempty"`
 	// Fixed is true once --fix applied the fix; NotFixed says why it could
 	// not, for a fix it tried.
 	Fixed    bool   `json:"fixed,omitempty"`

@@ -18,7 +18,8 @@ import (
 // installation built as objs: its injector, the labels it puts on
 // namespaces, and its mesh-wide traffic policy. nativeSidecars, when not
 // nil, replaces istiod's ENABLE_NATIVE_SIDECARS, to judge the manifests under
-// an istiod without native sidecars.
+// an istiod without native sidecars. Istio's analyzers run over manifests
+// with the installation's objects.
 //
 // An installation labels namespaces only in part: one whose labels say
 // nothing about the data plane (istio-injection, istio.io/rev,
@@ -49,7 +50,12 @@ func InstallationOptions(objs []*unstructured.Unstructured, nativeSidecars *bool
 			o.Namespaces[obj.GetName()] = l
 		case isTrafficObject(obj):
 			o.Mesh = append(o.Mesh, obj)
+		case isIstio(obj, "Gateway"), isIstio(obj, "VirtualService"), obj.GetKind() == "Deployment":
+			o.Routing = append(o.Routing, obj)
 		}
+	}
+	if o.Analysis, err = NewAnalysis(objs); err != nil {
+		return WorkloadOptions{}, err
 	}
 	return o, nil
 }

@@ -12,11 +12,17 @@ import (
 // judge checks the manifests of docs (YAML documents) under s.
 func judge(t *testing.T, s setting, docs ...string) (*File, *Report) {
 	t.Helper()
+	return checkWith(t, options(t, s), docs...)
+}
+
+// checkWith checks docs, as one file in.yaml, with o.
+func checkWith(t *testing.T, o WorkloadOptions, docs ...string) (*File, *Report) {
+	t.Helper()
 	f, err := parseFile("in.yaml", []byte(strings.Join(docs, "---\n")))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return f, CheckWorkloads([]*File{f}, options(t, s))
+	return f, CheckWorkloads([]*File{f}, o)
 }
 
 // A pod whose init container downloads from outside the mesh before a
@@ -303,7 +309,7 @@ spec:
 		"... mesh-wide STRICT":                   {[]string{nsOnly, strict("istio-system", "STRICT"), internal}, []string{key + "error clone"}},
 		"... namespace PERMISSIVE over the mesh": {[]string{nsOnly, strict("istio-system", "STRICT"), strict("git", "PERMISSIVE"), internal}, []string{key + "info clone"}},
 		"... REGISTRY_ONLY":                      {[]string{meshRegistryOnly, nsOnly, internal}, []string{key + "error clone"}},
-		"a Sidecar of the workload wins":         {[]string{nsOnly, strings.Replace(strings.Replace(nsOnly, "name: default", "name: docs", 1), "spec:\n", "spec:\n  workloadSelector:\n    labels: {app: docs}\n", 1) + "  - hosts: [\"git/*\"]\n", strict("git", "STRICT"), internal}, nil},
+		"a Sidecar of the workload wins":         {[]string{nsOnly, strings.NewReplacer("name: default", "name: docs", "spec:\n", "spec:\n  workloadSelector:\n    labels: {app: docs}\n", `"istio-system/*"]`, `"istio-system/*", "git/*"]`).Replace(nsOnly), strict("git", "STRICT"), internal}, nil},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -51,6 +51,12 @@ type WorkloadOptions struct {
 	// mesh ConfigMap, Sidecars, ServiceEntries and PeerAuthentications.
 	// Those in the files are added to them.
 	Mesh []*unstructured.Unstructured
+	// Routing are the installation's Gateways, VirtualServices and gateway
+	// Deployments, with which those of the files are routed.
+	Routing []*unstructured.Unstructured
+	// Analysis, when not nil, runs Istio's analyzers over the files and
+	// the installation.
+	Analysis *Analysis
 }
 
 // assumedNamespace are the labels of a namespace that is known nowhere.
@@ -91,6 +97,13 @@ func CheckWorkloads(files []*File, o WorkloadOptions) *Report {
 			}
 		}
 	}
+	r.Findings = append(r.Findings, routingFindings(append(slices.Clone(o.Routing), objs...), sources(files))...)
+	r.Notes = append(r.Notes, missingGateways(files, o.Routing)...)
+	if o.Analysis != nil {
+		findings, notes := o.Analysis.Files(files)
+		r.Findings = append(r.Findings, findings...)
+		r.Notes = append(r.Notes, notes...)
+	}
 	for _, ns := range slices.Sorted(maps.Keys(c.assumed)) {
 		name := "namespace " + ns
 		if ns == "" {
@@ -100,6 +113,23 @@ func CheckWorkloads(files []*File, o WorkloadOptions) *Report {
 	}
 	r.sort()
 	return r
+}
+
+// sources says where an object of files was read, and "installation" for
+// the others.
+func sources(files []*File) func(*unstructured.Unstructured) string {
+	m := map[*unstructured.Unstructured]string{}
+	for _, f := range files {
+		for _, d := range f.Docs {
+			m[d.Object] = d.Source
+		}
+	}
+	return func(o *unstructured.Unstructured) string {
+		if s, ok := m[o]; ok {
+			return s
+		}
+		return installationSource
+	}
 }
 
 type checker struct {

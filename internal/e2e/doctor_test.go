@@ -117,7 +117,7 @@ func TestDoctorWithIstiod(t *testing.T) {
 // finding.
 func findings(t *testing.T, c *kube.Client) []string {
 	t.Helper()
-	r, err := doctor.CheckCluster(context.Background(), c)
+	r, err := doctor.CheckCluster(context.Background(), c, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,7 +38,7 @@ func TestOverlaysWithIstiod(t *testing.T) {
 			})
 			t.Run("doctor finds nothing", func(t *testing.T) {
 				c, _ := connect(t)
-				r, err := doctor.CheckCluster(context.Background(), c)
+				r, err := doctor.CheckCluster(context.Background(), c, nil)
 				if err != nil {
 					t.Fatal(err)
 				}

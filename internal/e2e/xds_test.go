@@ -31,6 +31,7 @@ import (
 // sent it last.
 type proxy struct {
 	pod       *corev1.Pod
+	client    *kube.Client
 	ads       *adsc.ADSC
 	listeners map[string]*listener.Listener
 	clusters  map[string]map[string]any
@@ -82,6 +83,36 @@ func (p *proxy) refresh(t *testing.T) {
 func connectProxy(t *testing.T, c *kube.Client, pod *corev1.Pod, nodeType model.NodeType) *proxy {
 	t.Helper()
 	ctx := context.Background()
+	st := nodeMeta(t, c, pod)
+	addr, err := cluster.IstiodAddress(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := adsc.New(addr, &adsc.ADSConfig{
+		Config: adsc.Config{Namespace: pod.Namespace, Workload: pod.Name, NodeType: nodeType, IP: pod.Status.PodIP, Meta: st},
+		InitialDiscoveryRequests: []*discovery.DiscoveryRequest{
+			{TypeUrl: v3.ClusterType}, {TypeUrl: v3.ListenerType},
+		},
+	})
+	if err != nil {
+		t.Fatalf("connect to istiod's xDS at %s: %v", addr, err)
+	}
+	t.Cleanup(a.Close)
+	if err := a.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Wait(time.Minute, v3.ClusterType, v3.ListenerType); err != nil {
+		t.Fatalf("xDS of %s/%s: %v", pod.Namespace, pod.Name, err)
+	}
+	return &proxy{pod: pod, client: c, ads: a}
+}
+
+// nodeMeta is the node metadata of pod's proxy: the pod's name, labels and
+// annotations and the ISTIO_META_ variables of its container istio-proxy,
+// as pilot-agent builds it.
+func nodeMeta(t *testing.T, c *kube.Client, pod *corev1.Pod) *structpb.Struct {
+	t.Helper()
+	ctx := context.Background()
 	meta := map[string]any{
 		"NAME": pod.Name, "NAMESPACE": pod.Namespace, "SERVICE_ACCOUNT": pod.Spec.ServiceAccountName,
 		"ISTIO_VERSION": upstream.Release, "LABELS": stringMap(pod.Labels),
@@ -105,27 +136,7 @@ func connectProxy(t *testing.T, c *kube.Client, pod *corev1.Pod, nodeType model.
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr, err := cluster.IstiodAddress(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := adsc.New(addr, &adsc.ADSConfig{
-		Config: adsc.Config{Namespace: pod.Namespace, Workload: pod.Name, NodeType: nodeType, IP: pod.Status.PodIP, Meta: st},
-		InitialDiscoveryRequests: []*discovery.DiscoveryRequest{
-			{TypeUrl: v3.ClusterType}, {TypeUrl: v3.ListenerType},
-		},
-	})
-	if err != nil {
-		t.Fatalf("connect to istiod's xDS at %s: %v", addr, err)
-	}
-	t.Cleanup(a.Close)
-	if err := a.Run(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.Wait(time.Minute, v3.ClusterType, v3.ListenerType); err != nil {
-		t.Fatalf("xDS of %s/%s: %v", pod.Namespace, pod.Name, err)
-	}
-	return &proxy{pod: pod, ads: a}
+	return st
 }
 
 func stringMap(m map[string]string) map[string]any {

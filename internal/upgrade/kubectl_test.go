@@ -111,7 +111,7 @@ var neverMatchSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelS
 func stale(t *testing.T) []string {
 	t.Helper()
 	u, _ := upgrader(t)
-	r, err := doctor.CheckCluster(context.Background(), u.In.Client)
+	r, err := doctor.CheckCluster(context.Background(), u.In.Client, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
