@@ -265,14 +265,20 @@ func (t *routeTable) add(vs *unstructured.Unstructured, servers []gatewayServer)
 // bound to the Gateway namespace/name gw.
 func bindsTo(vs *unstructured.Unstructured, refs []string, gw string) bool {
 	for _, r := range refs {
-		if !strings.Contains(r, "/") {
-			r = vs.GetNamespace() + "/" + r
-		}
-		if r == gw {
+		if gatewayRef(vs, r) == gw {
 			return true
 		}
 	}
 	return false
+}
+
+// gatewayRef is a VirtualService's reference to a Gateway as
+// namespace/name: a bare name is in the VirtualService's namespace.
+func gatewayRef(vs *unstructured.Unstructured, ref string) string {
+	if strings.Contains(ref, "/") {
+		return ref
+	}
+	return vs.GetNamespace() + "/" + ref
 }
 
 // intersect is the host two patterns share, as istiod intersects a
@@ -445,10 +451,7 @@ func missingGateways(files []*File, known []*unstructured.Unstructured) []string
 			if r == "mesh" {
 				continue
 			}
-			if !strings.Contains(r, "/") {
-				r = d.Object.GetNamespace() + "/" + r
-			}
-			if !gateways[r] {
+			if r = gatewayRef(d.Object, r); !gateways[r] {
 				notes = append(notes, fmt.Sprintf("%s (%s): Gateway %s is neither in the input nor in the installation; its routes are not checked (add it to the input, or run doctor on the cluster)",
 					object.Key(d.Object), d.Source, r))
 			}
