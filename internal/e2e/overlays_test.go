@@ -36,6 +36,8 @@ func TestOverlaysWithIstiod(t *testing.T) {
 					t.Errorf("re-install changed %d objects with %d writes (%s): %v", n, writes, counts, cs)
 				}
 			})
+			// Istio's analyzers note the namespaces without injection
+			// (IST0102, information); nothing else.
 			t.Run("doctor finds nothing", func(t *testing.T) {
 				c, _ := connect(t)
 				r, err := doctor.CheckCluster(context.Background(), c, nil)
@@ -43,7 +45,9 @@ func TestOverlaysWithIstiod(t *testing.T) {
 					t.Fatal(err)
 				}
 				for _, f := range r.Findings {
-					t.Errorf("%s %s %s: %s", f.ID, f.Severity, f.Object, f.Reason)
+					if f.Severity.AtLeast(doctor.Warning) || f.ID != "IST0102" {
+						t.Errorf("%s %s %s: %s", f.ID, f.Severity, f.Object, f.Reason)
+					}
 				}
 			})
 			t.Run("injection equals verify's", func(t *testing.T) { report(t, m.injectionProblems(t)) })
