@@ -65,6 +65,24 @@ func TestDoctorFiles(t *testing.T) {
 	}
 }
 
+// Istio's findings with --suppress: a suppression hides its code, an unknown
+// code is a note, a malformed value is an error; -o json stays JSON.
+func TestDoctorSuppress(t *testing.T) {
+	in := "../doctor/testdata/analysis/unreachable-rule.yaml"
+	code, out, _ := run(t, "doctor", "-f", in, "-o", "json")
+	if rep := decodeReport(t, out); code != 1 || len(rep.Findings) != 1 || rep.Findings[0].ID != "IST0130" {
+		t.Errorf("IST0130: exit %d\n%s", code, out)
+	}
+	code, out, _ = run(t, "doctor", "-f", in, "-o", "json", "--suppress", "IST0130=VirtualService kubeflow/*", "--suppress", "IST9999=Pod a/b")
+	if rep := decodeReport(t, out); code != 0 || len(rep.Findings) != 0 || len(rep.Notes) != 1 || !strings.Contains(rep.Notes[0], "IST9999") {
+		t.Errorf("suppressed, and an unknown code: exit %d\n%s", code, out)
+	}
+	code, out, _ = run(t, "doctor", "-f", in, "-o", "json", "--suppress", "IST0130")
+	if rep := decodeReport(t, out); code != 2 || len(rep.Errors) != 1 || !strings.Contains(rep.Errors[0], "want CODE=RESOURCE") {
+		t.Errorf("malformed suppression: exit %d\n%s", code, out)
+	}
+}
+
 func TestDoctorFix(t *testing.T) {
 	in := filepath.Join(workloads, "inferenceservice.yaml")
 	// The KServe download is a tip: --fix applies it only when asked for.
