@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-multierror"
 	"istio.io/istio/pilot/pkg/config/file"
@@ -294,19 +295,31 @@ func unwrapMulti(err error) []error {
 	return []error{err}
 }
 
+// analyzerSync bounds how long the analyzers wait for their informers to
+// list the cluster: a kind this user may not list never syncs.
+var analyzerSync = 2 * time.Minute
+
 // AnalyzeCluster runs the analyzers over the live resources of the cluster,
-// as istioctl analyze --all-namespaces does.
-func AnalyzeCluster(ctx context.Context, c *kube.Client, s []Suppression) ([]Finding, error) {
+// as istioctl analyze --all-namespaces does. When their informers have not
+// listed the cluster within analyzerSync, it says so in a note and reports
+// nothing of a partial view.
+func AnalyzeCluster(ctx context.Context, c *kube.Client, s []Suppression) ([]Finding, []string, error) {
 	quietIstioLogs()
 	ic, err := istiokube.NewCLIClient(istiokube.NewClientConfigForRestConfig(c.Config))
 	if err != nil {
-		return nil, fmt.Errorf("connect Istio's analyzers: %w", err)
+		return nil, nil, fmt.Errorf("connect Istio's analyzers: %w", err)
 	}
 	defer ic.Shutdown()
 	sa := analysislocal.NewIstiodAnalyzer(analyzers.AllCombined(), "", inject.Namespace, nil)
 	sa.SetSuppressions(suppressions(s))
 	sa.AddRunningKubeSourceWithRevision(istiokube.EnableCrdWatcher(ic), "default", false)
-	return analyze(ctx, sa)
+	synced, cancel := context.WithTimeout(ctx, analyzerSync)
+	defer cancel()
+	findings, err := analyze(synced, sa)
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		return nil, []string{fmt.Sprintf("Istio's analyzers did not run: they could not list the cluster within %s (may this user list every kind Istio reads, in every namespace?)", analyzerSync)}, nil
+	}
+	return findings, nil, err
 }
 
 // analyze runs the analyzers and turns their messages into findings.

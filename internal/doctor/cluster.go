@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
+	"golang.org/x/sync/errgroup"
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -215,12 +218,57 @@ func (cl *clusterCheck) routing(ctx context.Context) error {
 
 // analyzers runs Istio's analyzers over the cluster.
 func (cl *clusterCheck) analyzers(ctx context.Context) error {
-	findings, err := AnalyzeCluster(ctx, cl.c, cl.suppress)
+	findings, notes, err := AnalyzeCluster(ctx, cl.c, cl.suppress)
 	if err != nil {
 		return err
 	}
 	cl.r.Findings = append(cl.r.Findings, findings...)
+	cl.r.Notes = append(cl.r.Notes, notes...)
 	return nil
+}
+
+// listFunc lists a resource in a namespace, or in every namespace for "".
+type listFunc func(context.Context, metav1.ListOptions) (runtime.Object, error)
+
+// listEverywhere lists a resource in every namespace, in pages
+// (kube.ListAll). Where that is forbidden, it lists it namespace by
+// namespace in namespaces, and notes on r those it could not read either.
+// A resource the API server does not serve has no objects.
+func listEverywhere[T runtime.Object](ctx context.Context, r *Report, what string, list func(ns string) listFunc, namespaces []string) ([]T, error) {
+	items, err := kube.ListAll[T](ctx, list(""), metav1.ListOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case !apierrors.IsForbidden(err):
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", what, err)
+		}
+		return items, nil
+	}
+	var forbidden []string
+	for _, ns := range namespaces {
+		got, err := kube.ListAll[T](ctx, list(ns), metav1.ListOptions{})
+		switch {
+		case apierrors.IsForbidden(err):
+			forbidden = append(forbidden, ns)
+		case err != nil:
+			return nil, fmt.Errorf("list %s in namespace %s: %w", what, ns, err)
+		}
+		items = append(items, got...)
+	}
+	if len(forbidden) > 0 {
+		r.Notes = append(r.Notes, fmt.Sprintf("%s: this user may not list them in every namespace, nor in namespaces %s, which are not checked for them",
+			what, strings.Join(forbidden, ", ")))
+	}
+	return items, nil
+}
+
+// kindName is "deployments.apps" for messages.
+func kindName(gvr schema.GroupVersionResource) string {
+	if gvr.Group == "" {
+		return gvr.Resource
+	}
+	return gvr.Resource + "." + gvr.Group
 }
 
 // trafficResources are the Istio objects that decide where sidecars send
@@ -257,6 +305,10 @@ func (cl *clusterCheck) cniReady(ctx context.Context) error {
 	}
 	sel := labels.SelectorFromSet(ds.Spec.Selector.MatchLabels)
 	pods, err := cl.c.Kube.CoreV1().Pods(cniNamespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	if apierrors.IsForbidden(err) {
+		cl.r.Notes = append(cl.r.Notes, fmt.Sprintf("%s: this user may not list its pods in %s, so the CNI agent's readiness is not checked", dsKey, cniNamespace))
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("list the pods of %s: %w", dsKey, err)
 	}
@@ -423,11 +475,15 @@ func (cl *clusterCheck) namespaceLevels(ctx context.Context) error {
 // pods checks running pods: proxies of another release than istiod, and pods
 // stuck in Istio's init containers.
 func (cl *clusterCheck) pods(ctx context.Context) error {
-	pods, err := cl.c.Kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	pods, err := listEverywhere[*corev1.Pod](ctx, cl.r, "Pods", func(ns string) listFunc {
+		return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return cl.c.Kube.CoreV1().Pods(ns).List(ctx, o)
+		}
+	}, slices.Sorted(maps.Keys(cl.namespaces)))
 	if err != nil {
-		return fmt.Errorf("list pods: %w", err)
+		return err
 	}
-	stale, err := (&owners{c: cl.c}).stale(ctx, pods.Items, cl.release)
+	stale, err := (&owners{c: cl.c}).stale(ctx, values(pods), cl.release)
 	if err != nil {
 		return err
 	}
@@ -438,8 +494,7 @@ func (cl *clusterCheck) pods(ctx context.Context) error {
 				fmt.Sprintf("restart %s so that it is injected with %s: %s", w.Workload, cl.release, w.Restart))
 		}
 	}
-	for i := range pods.Items {
-		p := &pods.Items[i]
+	for _, p := range pods {
 		key := object.KeyOf("Pod", p.Namespace, p.Name)
 		for _, cs := range p.Status.InitContainerStatuses {
 			if cs.Name != inject.ValidationContainer && cs.Name != inject.InitContainer {
@@ -480,22 +535,40 @@ func (cl *clusterCheck) workloads(ctx context.Context) error {
 		{Group: "serving.kserve.io", Version: "v1beta1", Resource: "inferenceservices"},
 		{Group: "kubeflow.org", Version: "v1", Resource: "notebooks"},
 	}
+	injected := map[string]bool{}
+	var names []string
 	for _, n := range cl.injected {
-		for _, gvr := range kinds {
-			list, err := cl.c.Dynamic.Resource(gvr).Namespace(n.Name).List(ctx, metav1.ListOptions{})
-			if apierrors.IsNotFound(err) {
-				continue // the kind is not served: KServe or Kubeflow is not installed
-			}
-			if err != nil {
-				return fmt.Errorf("list %s in %s: %w", gvr.Resource, n.Name, err)
-			}
-			for i := range list.Items {
-				o := &list.Items[i]
-				if len(o.GetOwnerReferences()) > 0 && gvr.Resource == "jobs" {
-					continue // a CronJob's job: its CronJob is checked
+		injected[n.Name] = true
+		names = append(names, n.Name)
+	}
+	// One LIST of each kind in every namespace, all at once.
+	lists := make([][]*unstructured.Unstructured, len(kinds))
+	var notes [][]string
+	g, gctx := errgroup.WithContext(ctx)
+	for i, gvr := range kinds {
+		r := &Report{}
+		notes = append(notes, nil)
+		g.Go(func() error {
+			var err error
+			lists[i], err = listEverywhere[*unstructured.Unstructured](gctx, r, kindName(gvr), func(ns string) listFunc {
+				return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+					return cl.c.Dynamic.Resource(gvr).Namespace(ns).List(ctx, o)
 				}
-				file.Docs = append(file.Docs, &Document{Source: "cluster", Object: o})
+			}, names)
+			notes[i] = r.Notes
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	for i, list := range lists {
+		cl.r.Notes = append(cl.r.Notes, notes[i]...)
+		for _, o := range list {
+			if !injected[o.GetNamespace()] || len(o.GetOwnerReferences()) > 0 && kinds[i].Resource == "jobs" {
+				continue // not injected, or a CronJob's job: its CronJob is checked
 			}
+			file.Docs = append(file.Docs, &Document{Source: "cluster", Object: o})
 		}
 	}
 	sub := CheckWorkloads([]*File{file}, WorkloadOptions{Injector: cl.injector, Namespaces: cl.namespaces, Mesh: cl.mesh})

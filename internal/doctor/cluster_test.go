@@ -71,6 +71,17 @@ func liveCluster(t *testing.T) {
 	}
 }
 
+// installed installs the default overlay until the test ends.
+func installed(t *testing.T) {
+	t.Helper()
+	installOverlay(t, "oauth2-proxy")
+	t.Cleanup(func() {
+		if _, err := (&install.Installer{Client: client}).Uninstall(context.Background(), install.UninstallOptions{Timeout: 2 * time.Minute}); err != nil {
+			t.Errorf("uninstall: %v", err)
+		}
+	})
+}
+
 // installOverlay installs overlay; istiod, which the cluster runs, writes
 // its webhooks' CA bundles (install waits for them).
 func installOverlay(t *testing.T, overlay string) {
@@ -157,12 +168,7 @@ func TestCluster(t *testing.T) {
 	if r := check(t); !slices.Equal(ids(r), []string{"KF100 Deployment/istio-system/istiod"}) {
 		t.Errorf("before install: %v", ids(r))
 	}
-	installOverlay(t, "oauth2-proxy")
-	t.Cleanup(func() {
-		if _, err := (&install.Installer{Client: client}).Uninstall(ctx, install.UninstallOptions{Timeout: 2 * time.Minute}); err != nil {
-			t.Errorf("uninstall: %v", err)
-		}
-	})
+	installed(t)
 	// Istio's analyzers note, as information, the namespaces without
 	// injection (IST0102); nothing else.
 	if r := check(t); len(r.Worst(Warning)) > 0 {

@@ -7,8 +7,11 @@ import (
 	"sort"
 	"strings"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/kubeflow/kfistio/internal/inject"
 	"github.com/kubeflow/kfistio/internal/kube"
@@ -41,11 +44,22 @@ func (w StaleWorkload) Line() string {
 // StaleProxies lists the workloads whose pods run a sidecar of another
 // release than release, sorted.
 func StaleProxies(ctx context.Context, c *kube.Client, release string) ([]StaleWorkload, error) {
-	pods, err := c.Kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	pods, err := kube.ListAll[*corev1.Pod](ctx, func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+		return c.Kube.CoreV1().Pods("").List(ctx, o)
+	}, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("list pods: %w", err)
 	}
-	return (&owners{c: c}).stale(ctx, pods.Items, release)
+	return (&owners{c: c}).stale(ctx, values(pods), release)
+}
+
+// values is the values ps point to.
+func values[T any](ps []*T) []T {
+	out := make([]T, len(ps))
+	for i, p := range ps {
+		out[i] = *p
+	}
+	return out
 }
 
 // ProxiesOf lists the workloads of pods (all of the cluster's, read once)
@@ -86,12 +100,12 @@ func proxyRelease(p *corev1.Pod) (string, bool) {
 	return "", false
 }
 
-// owners finds what restarts a pod, listing the ReplicaSets of each
-// namespace once.
+// owners finds what restarts a pod, listing the ReplicaSets of the
+// cluster once, or, where that is forbidden, of each namespace once.
 type owners struct {
 	c *kube.Client
 	// deployments names the Deployment of each ReplicaSet (namespace/name)
-	// of the namespaces in listed.
+	// of the namespaces in listed ("" for all).
 	deployments map[string]string
 	listed      map[string]bool
 }
@@ -133,22 +147,33 @@ func (o *owners) group(ctx context.Context, pods []corev1.Pod, pick func(*corev1
 	return out, nil
 }
 
-// listReplicaSets reads the ReplicaSets of namespace ns, once.
+// listReplicaSets reads the ReplicaSets that namespace ns holds, once: of
+// every namespace, or of ns alone when this user may not list them all.
 func (o *owners) listReplicaSets(ctx context.Context, ns string) error {
-	if o.listed[ns] {
+	if o.listed[""] || o.listed[ns] {
 		return nil
-	}
-	list, err := o.c.Kube.AppsV1().ReplicaSets(ns).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return fmt.Errorf("list ReplicaSets in namespace %s: %w", ns, err)
 	}
 	if o.listed == nil {
 		o.listed, o.deployments = map[string]bool{}, map[string]string{}
 	}
-	o.listed[ns] = true
-	for i := range list.Items {
-		if ref := metav1.GetControllerOf(&list.Items[i]); ref != nil && ref.Kind == "Deployment" {
-			o.deployments[ns+"/"+list.Items[i].Name] = ref.Name
+	list := func(ns string) ([]*appsv1.ReplicaSet, error) {
+		return kube.ListAll[*appsv1.ReplicaSet](ctx, func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
+			return o.c.Kube.AppsV1().ReplicaSets(ns).List(ctx, opts)
+		}, metav1.ListOptions{})
+	}
+	sets, err := list("")
+	scope := ""
+	if apierrors.IsForbidden(err) {
+		sets, err = list(ns)
+		scope = ns
+	}
+	if err != nil {
+		return fmt.Errorf("list ReplicaSets in namespace %s: %w", ns, err)
+	}
+	o.listed[scope] = true
+	for _, rs := range sets {
+		if ref := metav1.GetControllerOf(rs); ref != nil && ref.Kind == "Deployment" {
+			o.deployments[rs.Namespace+"/"+rs.Name] = ref.Name
 		}
 	}
 	return nil

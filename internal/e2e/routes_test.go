@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"istio.io/istio/pilot/pkg/model"
 	v3 "istio.io/istio/pilot/pkg/xds/v3"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
@@ -193,13 +194,20 @@ func otherThanKnative(fs []doctor.Finding) []doctor.Finding {
 	return out
 }
 
-// applyAll creates or updates objs with server-side apply.
+// applyAll creates objs with server-side apply, and deletes them when the
+// test ends. Objects that exist already (the Services of oauth2-proxy and
+// Dex that the cluster's Kubeflow neighbours hold) are left as they are.
 func applyAll(t *testing.T, c *kube.Client, objs []*unstructured.Unstructured) {
 	t.Helper()
 	ctx := context.Background()
 	for _, o := range objs {
 		res, err := c.Resource(o)
 		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := res.Get(ctx, o.GetName(), metav1.GetOptions{}); err == nil {
+			continue
+		} else if !apierrors.IsNotFound(err) {
 			t.Fatal(err)
 		}
 		body, err := json.Marshal(o.Object)

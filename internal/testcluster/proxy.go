@@ -60,6 +60,9 @@ const (
 	Unavailable
 	// Reset resets the connection without an answer.
 	Reset
+	// Expired answers 410 with reason Expired, as the API server does to a
+	// LIST whose continue token is too old.
+	Expired
 )
 
 // FaultProxy starts an HTTPS proxy that terminates TLS with a certificate of
@@ -100,6 +103,8 @@ func (c *Cluster) FaultProxy(decide func(*http.Request) Fault) (*Proxy, error) {
 				failure(w, http.StatusTooManyRequests, "TooManyRequests", "injected: too many requests")
 			case Unavailable:
 				failure(w, http.StatusServiceUnavailable, "ServiceUnavailable", "injected: service unavailable")
+			case Expired:
+				failure(w, http.StatusGone, "Expired", "injected: the provided continue parameter is too old")
 			case Reset:
 				conn, _, err := w.(http.Hijacker).Hijack()
 				if err != nil {

@@ -1,0 +1,219 @@
+package doctor
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kubeflow/kfistio/internal/kube"
+	"github.com/kubeflow/kfistio/internal/testcluster"
+)
+
+// profiles creates injected namespaces PREFIX-FROM..PREFIX-TO-1, each with
+// a Deployment (no replicas), until the test ends.
+func profiles(t *testing.T, prefix string, from, to int) {
+	t.Helper()
+	ctx := context.Background()
+	var names []string
+	t.Cleanup(func() {
+		for _, ns := range names {
+			_ = client.Kube.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
+		}
+		for _, ns := range names {
+			deleteNamespace(t, ns)
+		}
+	})
+	for i := from; i < to; i++ {
+		ns := fmt.Sprintf("%s-%d", prefix, i)
+		if _, err := client.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{injectionLabel: "enabled"}}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, ns)
+		d := &appsv1.Deployment{
+			ObjectMeta: metav1.ObjectMeta{Name: "notebook", Namespace: ns},
+			Spec: appsv1.DeploymentSpec{
+				Replicas: new(int32),
+				Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "notebook"}},
+				Template: corev1.PodTemplateSpec{
+					ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "notebook"}},
+					Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "registry.example.com/notebook:v1"}}},
+				},
+			},
+		}
+		if _, err := client.Kube.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// testNamespace creates a namespace with labels until the test ends, and
+// waits for it to be gone.
+func testNamespace(t *testing.T, name string, labels map[string]string) {
+	t.Helper()
+	nss := client.Kube.CoreV1().Namespaces()
+	if _, err := nss.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deleteNamespace(t, name) })
+}
+
+// checkAs runs doctor on the cluster through kubeconfig, counting requests.
+func checkAs(t *testing.T, kubeconfig string) (*Report, map[string]int) {
+	t.Helper()
+	ctx := context.Background()
+	counter := &kube.RequestCounter{}
+	c, err := kube.Connect(ctx, kube.Options{Kubeconfig: kubeconfig, WrapTransport: counter.Wrap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := CheckCluster(ctx, c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, counter.Counts()
+}
+
+// doctor reads the cluster in as many LISTs and GETs with 3 profile
+// namespaces as with 13: one LIST of each kind in every namespace, none per
+// namespace; and it checks each profile's workloads.
+func TestClusterRequestsConstant(t *testing.T) {
+	liveCluster(t)
+	installed(t)
+	profiles(t, "requests", 0, 3)
+	few, fewCounts := checkAs(t, cluster.Kubeconfig)
+	profiles(t, "requests", 3, 13)
+	many, manyCounts := checkAs(t, cluster.Kubeconfig)
+	for _, verb := range []string{"list", "get"} {
+		if fewCounts[verb] != manyCounts[verb] {
+			t.Errorf("%s requests: %d with 3 profiles, %d with 13 (%v, %v)", verb, fewCounts[verb], manyCounts[verb], fewCounts, manyCounts)
+		}
+	}
+	if many.Checked-few.Checked != 10 {
+		t.Errorf("checked %d with 3 profiles and %d with 13, want 10 more workloads", few.Checked, many.Checked)
+	}
+	t.Logf("requests with 3 and 13 profiles: %v, %v", fewCounts, manyCounts)
+}
+
+// A LIST cut into pages whose continue token expires is listed again in
+// full: the same report as in one page.
+func TestClusterListResumes(t *testing.T) {
+	liveCluster(t)
+	installed(t)
+	profiles(t, "resumes", 0, 5)
+	want, _ := checkAs(t, cluster.Kubeconfig)
+	expired := 0
+	p, err := cluster.FaultProxy(func(r *http.Request) testcluster.Fault {
+		if r.URL.Query().Get("continue") != "" && expired < 3 {
+			expired++
+			return testcluster.Expired
+		}
+		return testcluster.Pass
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	size := kube.PageSize
+	kube.PageSize = 2
+	t.Cleanup(func() { kube.PageSize = size })
+	got, counts := checkAs(t, p.Kubeconfig)
+	if expired == 0 {
+		t.Fatalf("no LIST went on with a continue token (%v)", counts)
+	}
+	if !slices.Equal(ids(got), ids(want)) || got.Checked != want.Checked {
+		t.Errorf("with %d expired continue tokens: %v (%d checked), want %v (%d checked)", expired, ids(got), got.Checked, ids(want), want.Checked)
+	}
+}
+
+// A user who may not list Pods in every namespace, and in some namespaces
+// not at all: doctor checks what it can read and names the namespaces it
+// could not; Istio's analyzers, which need every Pod, say they did not run.
+func TestClusterForbiddenNamespaces(t *testing.T) {
+	liveCluster(t)
+	installed(t)
+	ctx := context.Background()
+	// Namespaces of this test alone: a deleted namespace lingers while its
+	// objects go.
+	for _, ns := range []string{"audited-a", "audited-b"} {
+		testNamespace(t, ns, map[string]string{injectionLabel: "enabled"})
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "old-proxy", Namespace: ns, Labels: map[string]string{"sidecar.istio.io/inject": "false"}},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{
+				{Name: "app", Image: "registry.example.com/app:v1"},
+				{Name: "istio-proxy", Image: "gcr.io/istio-release/proxyv2:1.28.3"},
+			}},
+		}
+		if _, err := client.Kube.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := []string{"get", "list", "watch"}
+	role := &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: "kfistio-test-no-pods"},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"namespaces", "nodes", "configmaps", "services", "endpoints", "serviceaccounts", "secrets"}, Verbs: read},
+			{APIGroups: []string{"apps", "batch", "admissionregistration.k8s.io", "apiextensions.k8s.io", "networking.istio.io", "security.istio.io",
+				"telemetry.istio.io", "extensions.istio.io", "serving.kserve.io", "kubeflow.org", "discovery.k8s.io", "coordination.k8s.io"}, Resources: []string{"*"}, Verbs: read},
+		},
+	}
+	rbac := client.Kube.RbacV1()
+	if _, err := rbac.ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rbac.ClusterRoles().Delete(context.Background(), role.Name, metav1.DeleteOptions{}) })
+	user := []rbacv1.Subject{{Kind: "User", Name: "auditor", APIGroup: rbacv1.GroupName}}
+	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: role.Name}, Subjects: user,
+		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name}}
+	if _, err := rbac.ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = rbac.ClusterRoleBindings().Delete(context.Background(), binding.Name, metav1.DeleteOptions{})
+	})
+	// Pods of audited-a only.
+	podReader := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "pods", Namespace: "audited-a"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: read}}}
+	if _, err := rbac.Roles("audited-a").Create(ctx, podReader, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "pods", Namespace: "audited-a"}, Subjects: user,
+		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "pods"}}
+	if _, err := rbac.RoleBindings("audited-a").Create(ctx, rb, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig, err := cluster.UserKubeconfig("auditor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sync := analyzerSync
+	analyzerSync = 5 * time.Second
+	t.Cleanup(func() { analyzerSync = sync })
+
+	r, _ := checkAs(t, kubeconfig)
+	found := ids(r)
+	if !slices.Contains(found, OutdatedProxy+" Pod/audited-a/old-proxy") || slices.Contains(found, OutdatedProxy+" Pod/audited-b/old-proxy") {
+		t.Errorf("findings %v, want KF106 for audited-a's pod only", found)
+	}
+	notes := strings.Join(r.Notes, "\n")
+	var pods string
+	for _, n := range r.Notes {
+		if strings.HasPrefix(n, "Pods: ") {
+			pods = n
+		}
+	}
+	if !strings.Contains(pods, "audited-b") || strings.Contains(pods, "audited-a") {
+		t.Errorf("the note on Pods does not name audited-b alone of the two: %q", pods)
+	}
+	if !strings.Contains(notes, "Istio's analyzers did not run") {
+		t.Errorf("no note that Istio's analyzers did not run:\n%s", notes)
+	}
+}
