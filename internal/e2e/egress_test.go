@@ -24,6 +24,7 @@ func TestSidecarEgress(t *testing.T) {
 	in := build.DefaultInstallation(build.DefaultOverlay)
 	in.Components = []string{"sidecar-egress"}
 	m := installMesh(t, in, objects(t, nil, in))
+	m.noWarnings(t)
 	c, _ := connect(t)
 	probe(t, c, "team-x")
 	probe(t, c, "kubeflow")
@@ -69,7 +70,10 @@ func (m *mesh) egressNamespaces(t *testing.T) []string {
 	for _, e := range egress {
 		hosts, _ := e.(map[string]any)["hosts"].([]any)
 		for _, h := range hosts {
-			ns, _, _ := strings.Cut(h.(string), "/")
+			ns, name, _ := strings.Cut(h.(string), "/")
+			if svcNS, ok := strings.CutSuffix(strings.TrimPrefix(name, "*."), ".svc.cluster.local"); ok && ns == "*" {
+				ns = svcNS // */*.NS.svc.cluster.local: the Services of NS
+			}
 			out = append(out, ns)
 		}
 	}
@@ -87,6 +91,9 @@ func egressProblems(p *proxy, listed []string, all bool) []string {
 	}
 	if !has("kubeflow") {
 		problems = append(problems, p.pod.Name+": no cluster of probe.kubeflow, a listed namespace")
+	}
+	if _, ok := p.clusters["outbound|80||cluster-local-gateway.istio-system.svc.cluster.local"]; !ok {
+		problems = append(problems, p.pod.Name+": no cluster of the cluster-local gateway, a Service of istio-system")
 	}
 	if has("team-x") != all {
 		problems = append(problems, fmt.Sprintf("%s: a cluster of probe.team-x, a namespace the Sidecar does not list: %v, want %v", p.pod.Name, has("team-x"), all))

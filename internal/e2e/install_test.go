@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"slices"
@@ -24,6 +25,8 @@ type mesh struct {
 	labels []*unstructured.Unstructured
 	// logMark is where istiod's log stood when the installation began.
 	logMark testcluster.LogMark
+	// warnings are what the API server warned of during the install.
+	warnings *bytes.Buffer
 }
 
 const timeout = 2 * time.Minute
@@ -75,15 +78,35 @@ func tryInstall(t *testing.T, in build.Installation, objs []*unstructured.Unstru
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &mesh{in: in, objs: objs, labels: labels, logMark: cluster.IstiodLogMark()}
+	m := &mesh{in: in, objs: objs, labels: labels, logMark: cluster.IstiodLogMark(), warnings: &bytes.Buffer{}}
 	t.Cleanup(func() { uninstall(t) })
-	c, _ := connect(t)
+	c, err := kube.Connect(ctx, kube.Options{Kubeconfig: cluster.Kubeconfig, Warnings: m.warnings})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := (&install.Installer{Client: c}).Install(ctx, install.Options{Installation: in, Objects: objs, NamespaceLabels: labels, Timeout: wait, Version: "e2e"}); err != nil {
 		return m, err
 	}
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	return m, cluster.WaitIstiod(wctx)
+}
+
+// envoyFilterWarning is what istiod's validation says of every EnvoyFilter;
+// the tree's one strips the session cookie, which no other API can do.
+const envoyFilterWarning = "Warning: EnvoyFilter exposes internal implementation details that may change at any time. Prefer other APIs if possible, and exercise extreme caution, especially around upgrades."
+
+// noWarnings fails t when the API server warned during the install of
+// anything but envoyFilterWarning: the tree uses nothing it warns about
+// (deprecated annotations and fields), and istiod's warnings on Istio config
+// count too.
+func (m *mesh) noWarnings(t *testing.T) {
+	t.Helper()
+	for _, w := range strings.Split(strings.TrimSpace(m.warnings.String()), "\n") {
+		if w != "" && w != envoyFilterWarning {
+			t.Errorf("the API server warned during the install: %s", w)
+		}
+	}
 }
 
 // uninstall removes what an installation left, CRDs aside, as `kfistio

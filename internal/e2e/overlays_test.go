@@ -30,6 +30,7 @@ func TestOverlaysWithIstiod(t *testing.T) {
 			in := build.DefaultInstallation(name)
 			m := installMesh(t, in, objects(t, nil, in))
 			m.checkCABundles(t)
+			m.noWarnings(t)
 			t.Run("re-install writes nothing", func(t *testing.T) {
 				cs, writes, counts := m.reinstall(t)
 				if n := len(cs) - cs.Count(install.Unchanged); n > 0 || writes > 0 {

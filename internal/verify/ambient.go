@@ -76,7 +76,7 @@ func checkAmbientNamespaces(t *target) []Problem {
 }
 
 // egressHosts are the namespaces every sidecar must still reach.
-var egressHosts = []string{"./*", "istio-system/*", "kubeflow/*", "knative-serving/*"}
+var egressHosts = []string{"./*", "*/*.istio-system.svc.cluster.local", "kubeflow/*", "knative-serving/*"}
 
 // checkSidecarEgress checks the mesh-wide Sidecar and its exceptions.
 func checkSidecarEgress(t *target) []Problem {

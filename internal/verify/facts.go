@@ -65,6 +65,7 @@ var checks = []check{
 	{"R1", "revision: its own istiod, config and webhooks, no default control plane, gateways on it", revisioned, checkRevision},
 	{"R2", "revision: its injector and the default tag inject one way each, through its istiod", revisioned, checkRevisionInjection},
 	{"WEBHOOKS", "every webhook reaches istiod's pods through its Service, on the revision that writes its CA bundle", with(partInstall), checkWebhookServices},
+	{"WARN", "nothing the API server warns about: AppArmor profiles by field, not by the deprecated annotation", always, checkAppArmor},
 	{"INJECT", "Istio's injector on sample Kubeflow workloads", with(partInstall), checkInjection},
 	{"SCHEMA", "every object fits its schema", always, checkSchema},
 }
@@ -325,6 +326,43 @@ func checkNoEgressGateway(t *target) []Problem {
 	for _, o := range t.objs {
 		if strings.HasPrefix(o.GetName(), "istio-egressgateway") {
 			p.because(object.Key(o), "", "egress gateway objects are not part of the distribution")
+		}
+	}
+	return p
+}
+
+// appArmorAnnotation is the prefix of the AppArmor annotations that the API
+// server warns about since Kubernetes 1.30.
+const appArmorAnnotation = "container.apparmor.security.beta.kubernetes.io/"
+
+// checkAppArmor checks that no pod template sets AppArmor by annotation, and
+// that the CNI node agent, which upstream runs unconfined, gets that by its
+// securityContext field.
+func checkAppArmor(t *target) []Problem {
+	var p problems
+	for _, o := range t.objs {
+		if !object.HasPodTemplate(o) {
+			continue
+		}
+		tpl := podTemplate(&p, o)
+		if tpl == nil {
+			continue
+		}
+		for k, v := range tpl.Annotations {
+			if strings.HasPrefix(k, appArmorAnnotation) {
+				p.wrong(object.Key(o), "spec.template.metadata.annotations["+k+"]", v,
+					"no annotation (deprecated since Kubernetes 1.30): the container's securityContext.appArmorProfile")
+			}
+		}
+		if o.GetKind() != "DaemonSet" || o.GetName() != cniNode {
+			continue
+		}
+		var got any
+		if c := container(&tpl.Spec, "install-cni"); c != nil && c.SecurityContext != nil && c.SecurityContext.AppArmorProfile != nil {
+			got = string(c.SecurityContext.AppArmorProfile.Type)
+		}
+		if got != string(corev1.AppArmorProfileTypeUnconfined) {
+			p.wrong(object.Key(o), "containers[install-cni].securityContext.appArmorProfile.type", got, show(string(corev1.AppArmorProfileTypeUnconfined))+" (as upstream's annotation asks)")
 		}
 	}
 	return p

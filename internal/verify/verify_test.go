@@ -245,6 +245,12 @@ func TestEachCheckFailsOnABrokenBuild(t *testing.T) {
 	}
 	cases := []testCase{
 		{"no CNI DaemonSet", "F1", inst("oauth2-proxy"), func(m *objects) { m.remove(cniKey) }},
+		{"AppArmor by annotation", "WARN", inst("oauth2-proxy"), func(m *objects) {
+			m.set(cniKey, map[string]any{"container.apparmor.security.beta.kubernetes.io/install-cni": "unconfined"}, "spec", "template", "metadata", "annotations")
+		}},
+		{"CNI agent confined by AppArmor", "WARN", inst("gke"), func(m *objects) {
+			m.editContainer(cniKey, "install-cni", func(c map[string]any) { delete(c, "securityContext") })
+		}},
 		{"injector without CNI", "F1", inst("gke"), func(m *objects) {
 			m.editValues(func(v map[string]any) { setPath(v, false, "pilot", "cni", "enabled") })
 		}},
@@ -542,6 +548,7 @@ func TestRemovingAKubeflowChangeFailsItsFact(t *testing.T) {
 		{"istio-install/base/kustomization.yaml", "- path: patches/istio-ingressgateway.yaml", []string{"istio-install/base"}, "F7"},
 		{"istio-install/base/kustomization.yaml", "- gateway.yaml", []string{"istio-install/base"}, "F7"},
 		{"istio-install/base/kustomization.yaml", "- authorizationpolicies.yaml", []string{"istio-install/base"}, "F6"},
+		{"istio-install/base/kustomization.yaml", "- path: patches/istio-cni-node.yaml", []string{"istio-install/base"}, "WARN"},
 		{"istio-install/components/oauth2-proxy/kustomization.yaml", "- path: istiod.yaml", []string{"istio-install/overlays/oauth2-proxy"}, "F13"},
 		{"istio-install/components/oauth2-proxy/kustomization.yaml", "- upstream", []string{"istio-install/overlays/oauth2-proxy"}, "F13"},
 		{"istio-install/overlays/gke/kustomization.yaml", "- ../../components/gke-cni", []string{"istio-install/overlays/gke"}, "F14"},
