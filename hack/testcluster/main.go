@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
@@ -32,14 +33,15 @@ func main() {
 	nodes := flag.Int("nodes", 2, "number of fake nodes")
 	istiod := flag.Bool("istiod", false, "run the real istiod (pilot-discovery of its release) for each installed istiod Deployment")
 	previous := flag.Bool("previous", false, "apply Kubeflow's Istio tree of release "+testcluster.PreviousRelease+" with kubectl, as its users do")
+	delay := flag.Duration("delay", 0, "also serve the API server through a TCP proxy on loopback that delays each direction by this much, as a remote cluster; its kubeconfig is printed second")
 	flag.Parse()
-	if err := run(*dir, *nodes, *istiod, *previous); err != nil {
+	if err := run(*dir, *nodes, *istiod, *previous, *delay); err != nil {
 		fmt.Fprintln(os.Stderr, "Error:", err)
 		os.Exit(1)
 	}
 }
 
-func run(dir string, nodes int, istiod, previous bool) error {
+func run(dir string, nodes int, istiod, previous bool, delay time.Duration) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if dir == "" {
@@ -76,6 +78,14 @@ func run(dir string, nodes int, istiod, previous bool) error {
 		fmt.Fprintf(os.Stderr, "Kubeflow's Istio %s applied with kubectl\n", testcluster.PreviousRelease)
 	}
 	fmt.Println(c.Kubeconfig)
+	if delay > 0 {
+		p, err := c.DelayProxy(delay)
+		if err != nil {
+			return err
+		}
+		defer p.Close()
+		fmt.Println(p.Kubeconfig)
+	}
 	fmt.Fprintln(os.Stderr, "cluster up; interrupt to stop")
 	<-ctx.Done()
 	return nil
