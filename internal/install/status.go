@@ -69,6 +69,15 @@ func (in *Installer) Status(ctx context.Context, inv *Inventory, objs []*unstruc
 			return nil, fmt.Errorf("status of %s: %w", c.Object, err)
 		}
 		c.Status, c.Message = string(st.Status), st.Message
+		if st.Status == status.CurrentStatus && o.GetKind() == "ValidatingWebhookConfiguration" {
+			for _, rev := range validatorRevisions([]*unstructured.Unstructured{live}) {
+				if err := in.probeValidator(ctx, rev); err != nil {
+					c.Status, c.Message = string(status.InProgressStatus), c.Message+", but istiod does not answer: "+err.Error()
+				} else {
+					c.Message += "; istiod answers (it refused a dry-run probe)"
+				}
+			}
+		}
 		if st.Status != status.CurrentStatus {
 			if why := in.explain(ctx, live); why != "" {
 				c.Message += "; " + why

@@ -52,9 +52,10 @@ func (in *Installer) waitValidation(ctx context.Context, what string, objs []*un
 	return nil
 }
 
-// waitValidator waits until the validator of revision rev refuses the probe.
-func (in *Installer) waitValidator(ctx context.Context, what, rev string, timeout time.Duration) error {
-	probe := &unstructured.Unstructured{Object: map[string]any{
+// validationProbe is a Gateway that istiod's validator of revision rev
+// always refuses.
+func validationProbe(rev string) *unstructured.Unstructured {
+	return &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
 		"metadata": map[string]any{
 			"name": "kfistio-validation-probe", "namespace": revision.Namespace,
@@ -63,15 +64,27 @@ func (in *Installer) waitValidator(ctx context.Context, what, rev string, timeou
 		},
 		"spec": map[string]any{},
 	}}
+}
+
+// probeValidator sends the probe of revision rev once, as a server-side
+// dry run: nil when istiod's validator refused it or no validator applies to
+// it, else why it did not answer.
+func (in *Installer) probeValidator(ctx context.Context, rev string) error {
+	_, err := in.Client.Dynamic.Resource(gateways).Namespace(revision.Namespace).Create(kube.WithoutRetries(ctx), validationProbe(rev), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+	if err == nil || strings.Contains(err.Error(), "denied the request") {
+		return nil
+	}
+	return err
+}
+
+// waitValidator waits until the validator of revision rev refuses the probe.
+func (in *Installer) waitValidator(ctx context.Context, what, rev string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		// A poll: each answer counts, none is retried.
-		_, err := in.Client.Dynamic.Resource(gateways).Namespace(revision.Namespace).Create(kube.WithoutRetries(ctx), probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		err := in.probeValidator(ctx, rev)
 		switch {
 		case err == nil:
-			// No webhook validates it: nothing to wait for.
-			return nil
-		case strings.Contains(err.Error(), "denied the request"):
 			return nil
 		case ctx.Err() != nil:
 			return fmt.Errorf("%s: %w", what, ctx.Err())
