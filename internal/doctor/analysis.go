@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -17,10 +16,10 @@ import (
 	"istio.io/istio/pkg/config"
 	"istio.io/istio/pkg/config/analysis/analyzers"
 	"istio.io/istio/pkg/config/analysis/diag"
+	kubesource "istio.io/istio/pkg/config/analysis/legacy/source/kube"
 	"istio.io/istio/pkg/config/analysis/legacy/util/kuberesource"
 	analysislocal "istio.io/istio/pkg/config/analysis/local"
 	"istio.io/istio/pkg/config/analysis/msg"
-	"istio.io/istio/pkg/config/resource"
 	"istio.io/istio/pkg/config/schema/collection"
 	"istio.io/istio/pkg/config/schema/collections"
 	istiokube "istio.io/istio/pkg/kube"
@@ -29,11 +28,11 @@ import (
 	istiolog "istio.io/istio/pkg/log"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"sigs.k8s.io/yaml"
 
 	"github.com/kubeflow/kfistio/internal/inject"
 	"github.com/kubeflow/kfistio/internal/kube"
 	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/upstream"
 )
 
 // Suppression hides the findings of one Istio analyzer code on the
@@ -58,15 +57,12 @@ func ParseSuppressions(values []string) ([]Suppression, []string, error) {
 			return nil, nil, fmt.Errorf(`--suppress %q: want CODE=RESOURCE, as in "IST0102=Namespace team-a" or "IST0101=VirtualService kubeflow/*"`, v)
 		}
 		if !knownCode(code) {
-			notes = append(notes, fmt.Sprintf("--suppress %s: no analyzer of Istio %s reports code %s, so it hides nothing", v, releaseOfAnalyzers, code))
+			notes = append(notes, fmt.Sprintf("--suppress %s: no analyzer of Istio %s reports code %s, so it hides nothing", v, upstream.Release, code))
 		}
 		out = append(out, Suppression{Code: code, Resource: res})
 	}
 	return out, notes, nil
 }
-
-// releaseOfAnalyzers names, in messages, the Istio release whose analyzers run.
-const releaseOfAnalyzers = "1.29"
 
 func knownCode(code string) bool {
 	return slices.ContainsFunc(msg.All(), func(t *diag.MessageType) bool { return t.Code() == code })
@@ -96,23 +92,21 @@ const installationSource = "installation"
 func NewAnalysis(objs []*unstructured.Unstructured) (*Analysis, error) {
 	quietIstioLogs()
 	a := &Analysis{schemas: fileSchemas()}
-	var b bytes.Buffer
+	var read []*unstructured.Unstructured
 	for _, o := range objs {
 		if isMeshConfig(o) {
 			a.mesh, _, _ = unstructured.NestedString(o.Object, "data", "mesh")
 		}
-		if _, ok := a.schemas.FindByGroupVersionAliasesKind(gvkOf(o)); !ok {
-			continue
+		if _, ok := a.schemas.FindByGroupVersionAliasesKind(gvkOf(o)); ok {
+			read = append(read, withoutSchemas(o))
 		}
-		y, err := yaml.Marshal(withoutSchemas(o).Object)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", object.Key(o), err)
-		}
-		b.WriteString("---\n")
-		b.Write(y)
+	}
+	y, err := object.Marshal(read)
+	if err != nil {
+		return nil, err
 	}
 	a.installation = newKubeSource(a.schemas)
-	if err := a.installation.ApplyContent(installationSource, b.String()); err != nil {
+	if err := a.installation.ApplyContent(installationSource, string(y)); err != nil {
 		return nil, fmt.Errorf("read the installation for Istio's analyzers: %w", err)
 	}
 	return a, nil
@@ -171,7 +165,7 @@ func gvkOf(o *unstructured.Unstructured) config.GroupVersionKind {
 func (a *Analysis) Files(files []*File) ([]Finding, []string) {
 	notes := unknownVersions(files)
 	sa := analysislocal.NewIstiodAnalyzer(analyzers.AllCombined(), "", inject.Namespace, nil)
-	sa.SetSuppressions(a.suppressions())
+	sa.SetSuppressions(suppressions(a.Suppressions))
 	if err := a.useMesh(sa); err != nil {
 		notes = append(notes, "the installation's mesh config: "+err.Error()+"; Istio's defaults used")
 	}
@@ -188,38 +182,35 @@ func (a *Analysis) Files(files []*File) ([]Finding, []string) {
 			notes = append(notes, "Istio's analyzers could not read "+shorten(e.Error()))
 		}
 	}
-	findings, err := analyze(context.Background(), sa)
+	findings, err := analyze(context.Background(), sa, func(path string, line int) string { return documentAt(files, path, line) })
 	if err != nil {
 		notes = append(notes, "Istio's analyzers did not run: "+err.Error())
-	}
-	for i := range findings {
-		findings[i].Source = documentAt(files, findings[i].Source)
 	}
 	return findings, notes
 }
 
-// documentAt is the source of the document of files that holds a line,
-// for a source "path, line N"; otherwise source itself.
-func documentAt(files []*File, source string) string {
-	path, n, ok := strings.Cut(source, ", line ")
-	line, err := strconv.Atoi(n)
-	if !ok || err != nil {
-		return source
+// documentAt is the source of the document of files at line of path: the
+// installation, a document of an input file, or "path, line N".
+func documentAt(files []*File, path string, line int) string {
+	if path == installationSource {
+		return installationSource
 	}
 	for _, f := range files {
 		if f.Path != path {
 			continue
 		}
-		at := source
+		at := ""
 		for i, d := range f.Docs {
 			if i > 0 && d.node.Line > line {
 				break
 			}
 			at = d.Source // the first document also holds the comments above it
 		}
-		return at
+		if at != "" {
+			return at
+		}
 	}
-	return source
+	return fmt.Sprintf("%s, line %d", path, line)
 }
 
 // useMesh gives the analyzer the installation's mesh config.
@@ -240,10 +231,6 @@ func (a *Analysis) useMesh(sa *analysislocal.IstiodAnalyzer) error {
 		return err
 	}
 	return sa.AddFileKubeMeshConfig(f.Name())
-}
-
-func (a *Analysis) suppressions() []analysislocal.AnalysisSuppression {
-	return suppressions(a.Suppressions)
 }
 
 func suppressions(s []Suppression) []analysislocal.AnalysisSuppression {
@@ -277,7 +264,7 @@ func unknownVersions(files []*File) []string {
 				known = "versions " + strings.Join(slices.Compact(versions), ", ")
 			}
 			notes = append(notes, fmt.Sprintf("%s (%s): Istio %s knows %s of %s, not %s; not analyzed",
-				object.Key(d.Object), d.Source, releaseOfAnalyzers, known, gvk.Group+"/"+gvk.Kind, gvk.Version))
+				object.Key(d.Object), d.Source, upstream.Release, known, gvk.Group+"/"+gvk.Kind, gvk.Version))
 		}
 	}
 	return notes
@@ -315,16 +302,17 @@ func AnalyzeCluster(ctx context.Context, c *kube.Client, s []Suppression) ([]Fin
 	sa.AddRunningKubeSourceWithRevision(istiokube.EnableCrdWatcher(ic), "default", false)
 	synced, cancel := context.WithTimeout(ctx, analyzerSync)
 	defer cancel()
-	findings, err := analyze(synced, sa)
+	findings, err := analyze(synced, sa, nil)
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 		return nil, []string{fmt.Sprintf("Istio's analyzers did not run: they could not list the cluster within %s (may this user list every kind Istio reads, in every namespace?)", analyzerSync)}, nil
 	}
 	return findings, nil, err
 }
 
-// analyze runs the analyzers and turns their messages into findings.
+// analyze runs the analyzers and turns their messages into findings; locate
+// names where a file's resource was read (nil when none come from files).
 // The stores it reads run until it returns, or until ctx ends.
-func analyze(ctx context.Context, sa *analysislocal.IstiodAnalyzer) ([]Finding, error) {
+func analyze(ctx context.Context, sa *analysislocal.IstiodAnalyzer, locate func(path string, line int) string) ([]Finding, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	res, err := sa.Analyze(ctx.Done())
@@ -336,14 +324,15 @@ func analyze(ctx context.Context, sa *analysislocal.IstiodAnalyzer) ([]Finding, 
 	}
 	var out []Finding
 	for _, m := range res.Messages {
-		out = append(out, findingOf(m))
+		out = append(out, findingOf(m, locate))
 	}
 	return out, nil
 }
 
 // findingOf is an analyzer's message as a finding: Istio's code, level,
-// message and documentation page.
-func findingOf(m diag.Message) Finding {
+// message and documentation page; a resource read from a file is located
+// with locate, the others were read from the cluster.
+func findingOf(m diag.Message, locate func(path string, line int) string) Finding {
 	f := Finding{
 		ID:       m.Type.Code(),
 		Severity: severityOf(m.Type.Level()),
@@ -353,38 +342,16 @@ func findingOf(m diag.Message) Finding {
 	f.Fix = "Istio's page for " + f.ID + " gives the causes and fixes: " + f.Doc
 	if r := m.Resource; r != nil {
 		f.Object = object.KeyOf(r.Metadata.Schema.Kind(), string(r.Metadata.FullName.Namespace), string(r.Metadata.FullName.Name))
-		f.Source = sourceOf(m, r)
+		f.Source = "cluster"
+		if p, ok := r.Origin.Reference().(*kubesource.Position); ok && locate != nil {
+			line := p.Line
+			if m.Line != 0 {
+				line = m.Line
+			}
+			f.Source = locate(p.Filename, line)
+		}
 	}
 	return f
-}
-
-// sourceOf says where the resource of m was read: "file, line N", the
-// installation, or the cluster.
-func sourceOf(m diag.Message, r *resource.Instance) string {
-	ref := r.Origin.Reference()
-	if ref == nil {
-		return "cluster"
-	}
-	loc := ref.String()
-	if m.Line != 0 {
-		loc = m.ReplaceLine(loc)
-	}
-	name, line, ok := cutLast(loc, ":")
-	switch {
-	case name == installationSource:
-		return installationSource
-	case ok:
-		return name + ", line " + line
-	}
-	return loc
-}
-
-func cutLast(s, sep string) (string, string, bool) {
-	i := strings.LastIndex(s, sep)
-	if i < 0 {
-		return s, "", false
-	}
-	return s[:i], s[i+len(sep):], true
 }
 
 func severityOf(l diag.Level) Severity {

@@ -84,7 +84,7 @@ func TestAnalyzerInputNotes(t *testing.T) {
 		"apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: bad, namespace: team-a}\nspec:\n  host: 42\n  trafficPolicy: not-a-map\n")
 	notes := strings.Join(r.Notes, "\n")
 	for _, want := range []string{
-		"VirtualService/kubeflow/api (in.yaml, document 1): Istio 1.29 knows versions v1, v1alpha3, v1beta1 of networking.istio.io/VirtualService, not v1alpha9; not analyzed",
+		"VirtualService/kubeflow/api (in.yaml, document 1): Istio 1.29.1 knows versions v1, v1alpha3, v1beta1 of networking.istio.io/VirtualService, not v1alpha9; not analyzed",
 		"Istio's analyzers could not read",
 	} {
 		if !strings.Contains(notes, want) {
