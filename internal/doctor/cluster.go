@@ -143,16 +143,11 @@ func (cl *clusterCheck) load(ctx context.Context, cp *install.ControlPlane) erro
 	}
 	cl.mesh = []*unstructured.Unstructured{objs[1]}
 	for _, gvr := range trafficResources {
-		list, err := cl.c.Dynamic.Resource(gvr).List(ctx, metav1.ListOptions{})
-		if apierrors.IsNotFound(err) {
-			continue // the Istio CRDs are not installed
-		}
+		items, err := cl.listCluster(ctx, gvr, "")
 		if err != nil {
-			return fmt.Errorf("list %s: %w", gvr.Resource, err)
+			return err
 		}
-		for i := range list.Items {
-			cl.mesh = append(cl.mesh, &list.Items[i])
-		}
+		cl.mesh = append(cl.mesh, items...)
 	}
 	ds, err := cl.c.Kube.AppsV1().DaemonSets(cniNamespace).Get(ctx, cniDaemonSet, metav1.GetOptions{})
 	switch {
@@ -201,16 +196,11 @@ func (cl *clusterCheck) routing(ctx context.Context) error {
 		{schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "virtualservices"}, ""},
 		{schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "deployments"}, "istio"},
 	} {
-		list, err := cl.c.Dynamic.Resource(q.gvr).List(ctx, metav1.ListOptions{LabelSelector: q.selector})
-		if apierrors.IsNotFound(err) {
-			continue // the Istio CRDs are not installed
-		}
+		items, err := cl.listCluster(ctx, q.gvr, q.selector)
 		if err != nil {
-			return fmt.Errorf("list %s: %w", q.gvr.Resource, err)
+			return err
 		}
-		for i := range list.Items {
-			objs = append(objs, &list.Items[i])
-		}
+		objs = append(objs, items...)
 	}
 	cl.r.Findings = append(cl.r.Findings, routingFindings(objs, func(*unstructured.Unstructured) string { return "cluster" })...)
 	return nil
@@ -230,20 +220,43 @@ func (cl *clusterCheck) analyzers(ctx context.Context) error {
 // listFunc lists a resource in a namespace, or in every namespace for "".
 type listFunc func(context.Context, metav1.ListOptions) (runtime.Object, error)
 
-// listEverywhere lists a resource in every namespace, in pages
-// (kube.ListAll). Where that is forbidden, it lists it namespace by
-// namespace in namespaces, and notes on r those it could not read either.
-// A resource the API server does not serve has no objects.
-func listEverywhere[T runtime.Object](ctx context.Context, r *Report, what string, list func(ns string) listFunc, namespaces []string) ([]T, error) {
-	items, err := kube.ListAll[T](ctx, list(""), metav1.ListOptions{})
+// dynamicList is the listFunc of resource gvr in namespace ns.
+func (cl *clusterCheck) dynamicList(gvr schema.GroupVersionResource) func(ns string) listFunc {
+	return func(ns string) listFunc {
+		return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return cl.c.Dynamic.Resource(gvr).Namespace(ns).List(ctx, o)
+		}
+	}
+}
+
+// listCluster lists the objects of gvr that match selector in every
+// namespace, in pages (kube.ListAll); none when the API server does not
+// serve gvr (its CRD is not installed).
+func (cl *clusterCheck) listCluster(ctx context.Context, gvr schema.GroupVersionResource, selector string) ([]*unstructured.Unstructured, error) {
+	items, err := kube.ListAll[*unstructured.Unstructured](ctx, cl.dynamicList(gvr)(""), metav1.ListOptions{LabelSelector: selector})
 	switch {
 	case apierrors.IsNotFound(err):
 		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("list %s: %w", kindName(gvr), err)
+	}
+	return items, nil
+}
+
+// listEverywhere lists a resource in every namespace, in pages
+// (kube.ListAll). Where that is forbidden, it lists it namespace by
+// namespace in namespaces, and returns a note of those it could not read
+// either. A resource the API server does not serve has no objects.
+func listEverywhere[T runtime.Object](ctx context.Context, what string, list func(ns string) listFunc, namespaces []string) ([]T, string, error) {
+	items, err := kube.ListAll[T](ctx, list(""), metav1.ListOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, "", nil
 	case !apierrors.IsForbidden(err):
 		if err != nil {
-			return nil, fmt.Errorf("list %s: %w", what, err)
+			return nil, "", fmt.Errorf("list %s: %w", what, err)
 		}
-		return items, nil
+		return items, "", nil
 	}
 	var forbidden []string
 	for _, ns := range namespaces {
@@ -252,15 +265,22 @@ func listEverywhere[T runtime.Object](ctx context.Context, r *Report, what strin
 		case apierrors.IsForbidden(err):
 			forbidden = append(forbidden, ns)
 		case err != nil:
-			return nil, fmt.Errorf("list %s in namespace %s: %w", what, ns, err)
+			return nil, "", fmt.Errorf("list %s in namespace %s: %w", what, ns, err)
 		}
 		items = append(items, got...)
 	}
-	if len(forbidden) > 0 {
-		r.Notes = append(r.Notes, fmt.Sprintf("%s: this user may not list them in every namespace, nor in namespaces %s, which are not checked for them",
-			what, strings.Join(forbidden, ", ")))
+	if len(forbidden) == 0 {
+		return items, "", nil
 	}
-	return items, nil
+	return items, fmt.Sprintf("%s: this user may not list them in every namespace, nor in namespaces %s, which are not checked for them",
+		what, strings.Join(forbidden, ", ")), nil
+}
+
+// note adds note to the report, unless it is empty.
+func (cl *clusterCheck) note(note string) {
+	if note != "" {
+		cl.r.Notes = append(cl.r.Notes, note)
+	}
 }
 
 // kindName is "deployments.apps" for messages.
@@ -475,7 +495,7 @@ func (cl *clusterCheck) namespaceLevels(ctx context.Context) error {
 // pods checks running pods: proxies of another release than istiod, and pods
 // stuck in Istio's init containers.
 func (cl *clusterCheck) pods(ctx context.Context) error {
-	pods, err := listEverywhere[*corev1.Pod](ctx, cl.r, "Pods", func(ns string) listFunc {
+	pods, note, err := listEverywhere[*corev1.Pod](ctx, "Pods", func(ns string) listFunc {
 		return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			return cl.c.Kube.CoreV1().Pods(ns).List(ctx, o)
 		}
@@ -483,6 +503,7 @@ func (cl *clusterCheck) pods(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	cl.note(note)
 	stale, err := (&owners{c: cl.c}).stale(ctx, values(pods), cl.release)
 	if err != nil {
 		return err
@@ -543,19 +564,12 @@ func (cl *clusterCheck) workloads(ctx context.Context) error {
 	}
 	// One LIST of each kind in every namespace, all at once.
 	lists := make([][]*unstructured.Unstructured, len(kinds))
-	var notes [][]string
+	notes := make([]string, len(kinds))
 	g, gctx := errgroup.WithContext(ctx)
 	for i, gvr := range kinds {
-		r := &Report{}
-		notes = append(notes, nil)
 		g.Go(func() error {
 			var err error
-			lists[i], err = listEverywhere[*unstructured.Unstructured](gctx, r, kindName(gvr), func(ns string) listFunc {
-				return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-					return cl.c.Dynamic.Resource(gvr).Namespace(ns).List(ctx, o)
-				}
-			}, names)
-			notes[i] = r.Notes
+			lists[i], notes[i], err = listEverywhere[*unstructured.Unstructured](gctx, kindName(gvr), cl.dynamicList(gvr), names)
 			return err
 		})
 	}
@@ -563,7 +577,7 @@ func (cl *clusterCheck) workloads(ctx context.Context) error {
 		return err
 	}
 	for i, list := range lists {
-		cl.r.Notes = append(cl.r.Notes, notes[i]...)
+		cl.note(notes[i])
 		for _, o := range list {
 			if !injected[o.GetNamespace()] || len(o.GetOwnerReferences()) > 0 && kinds[i].Resource == "jobs" {
 				continue // not injected, or a CronJob's job: its CronJob is checked
