@@ -89,7 +89,9 @@ type routeTable struct {
 	proxy    string
 	port     int64
 	gateways []string
-	hosts    map[string]*virtualHost
+	// servers are the servers of the Gateways on the port.
+	servers []gatewayServer
+	hosts   map[string]*virtualHost
 }
 
 // tableKey names a route table: a proxy and the route configuration
@@ -133,16 +135,17 @@ func routeTables(objs []*unstructured.Unstructured) []*routeTable {
 		return cmp.Or(cmp.Compare(a.GetName(), b.GetName()), cmp.Compare(a.GetNamespace(), b.GetNamespace()))
 	})
 	tables := map[tableKey]*routeTable{}
-	servers := map[tableKey][]gatewayServer{}
 	for _, g := range gateways {
 		for _, proxy := range selectedProxies(g, workloads) {
 			for _, s := range serversOf(g) {
 				k := tableKey{proxy, s.route}
-				if tables[k] == nil {
-					tables[k] = &routeTable{proxy: proxy, port: s.port, hosts: map[string]*virtualHost{}}
+				t := tables[k]
+				if t == nil {
+					t = &routeTable{proxy: proxy, port: s.port, hosts: map[string]*virtualHost{}}
+					tables[k] = t
 				}
-				tables[k].gateways = appendOnce(tables[k].gateways, s.gateway)
-				servers[k] = append(servers[k], s)
+				t.gateways = appendOnce(t.gateways, s.gateway)
+				t.servers = append(t.servers, s)
 			}
 		}
 	}
@@ -152,16 +155,23 @@ func routeTables(objs []*unstructured.Unstructured) []*routeTable {
 	}) {
 		t := tables[k]
 		for _, vs := range services {
-			t.add(vs, servers[k])
+			t.add(vs)
 		}
 		for _, h := range t.hosts {
 			// istiod's SortVHostRoutes: catch-all routes last, the others in order.
-			h.routes = append(slices.DeleteFunc(slices.Clone(h.routes), httpRoute.catchAll),
-				slices.DeleteFunc(slices.Clone(h.routes), func(r httpRoute) bool { return !r.catchAll() })...)
+			slices.SortStableFunc(h.routes, func(a, b httpRoute) int { return cmp.Compare(rank(a.catchAll()), rank(b.catchAll())) })
 		}
 		out = append(out, t)
 	}
 	return out
+}
+
+// rank orders false before true.
+func rank(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func isIstio(o *unstructured.Unstructured, kind string) bool {
@@ -229,11 +239,11 @@ func serversOf(g *unstructured.Unstructured) []gatewayServer {
 
 // add puts the routes of vs into the virtual hosts of t, for the hosts
 // that vs shares with the servers of the Gateways it is bound to.
-func (t *routeTable) add(vs *unstructured.Unstructured, servers []gatewayServer) {
+func (t *routeTable) add(vs *unstructured.Unstructured) {
 	refs, _, _ := unstructured.NestedStringSlice(vs.Object, "spec", "gateways")
 	vsHosts, _, _ := unstructured.NestedStringSlice(vs.Object, "spec", "hosts")
 	var hosts []string
-	for _, s := range servers {
+	for _, s := range t.servers {
 		if !bindsTo(vs, refs, s.gateway) {
 			continue
 		}
