@@ -28,9 +28,10 @@ import (
 	"sync"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"sigs.k8s.io/yaml"
 
 	"github.com/kubeflow/kfistio/internal/build"
+	"github.com/kubeflow/kfistio/internal/object"
+	"github.com/kubeflow/kfistio/internal/revision"
 	"github.com/kubeflow/kfistio/internal/upstream"
 )
 
@@ -150,32 +151,27 @@ func writeInstallation(dir string) (installation, mesh string, err error) {
 	if err != nil {
 		return "", "", err
 	}
-	objs, labels, err := tree.InstallationParts(build.DefaultInstallation("oauth2-proxy"))
+	objs, labels, err := tree.InstallationParts(build.DefaultInstallation(build.DefaultOverlay))
 	if err != nil {
 		return "", "", err
 	}
-	var buf bytes.Buffer
-	meshConfig, found := "", false
-	for _, o := range append(objs, labels...) {
-		b, err := yaml.Marshal(o.Object)
-		if err != nil {
-			return "", "", fmt.Errorf("%s %s/%s: %w", o.GetKind(), o.GetNamespace(), o.GetName(), err)
-		}
-		buf.WriteString("---\n")
-		buf.Write(b)
-		if o.GetKind() == "ConfigMap" && o.GetNamespace() == "istio-system" && o.GetName() == "istio" {
-			meshConfig, found, err = unstructured.NestedString(o.Object, "data", "mesh")
-			if err != nil {
-				return "", "", fmt.Errorf("ConfigMap istio-system/istio: %w", err)
-			}
-		}
+	objs = append(objs, labels...)
+	meshKey := object.KeyOf("ConfigMap", revision.Namespace, revision.NamesOf(revision.Default).Mesh)
+	cm := object.Index(objs)[meshKey]
+	if cm == nil {
+		return "", "", errors.New("the default installation has no " + meshKey)
 	}
-	if !found {
-		return "", "", errors.New("the default installation has no ConfigMap istio-system/istio with data.mesh")
+	meshConfig, found, err := unstructured.NestedString(cm.Object, "data", "mesh")
+	if err != nil || !found {
+		return "", "", fmt.Errorf("%s: no data.mesh (%v)", meshKey, err)
+	}
+	stream, err := object.Marshal(objs)
+	if err != nil {
+		return "", "", err
 	}
 	installation = filepath.Join(dir, "installation.yaml")
 	mesh = filepath.Join(dir, "mesh.yaml")
-	if err := os.WriteFile(installation, buf.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(installation, stream, 0o644); err != nil {
 		return "", "", err
 	}
 	if err := os.WriteFile(mesh, []byte(meshConfig), 0o644); err != nil {
