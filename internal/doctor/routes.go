@@ -111,10 +111,7 @@ type gatewayServer struct {
 // Gateways, VirtualServices and gateway Deployments among objs. Of objects
 // with the same key, the last one counts.
 func routeTables(objs []*unstructured.Unstructured) []*routeTable {
-	byKey := map[string]*unstructured.Unstructured{}
-	for _, o := range objs {
-		byKey[object.Key(o)] = o
-	}
+	byKey := object.Index(objs)
 	var gateways, services, workloads []*unstructured.Unstructured
 	for _, k := range slices.Sorted(maps.Keys(byKey)) {
 		o := byKey[k]
