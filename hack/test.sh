@@ -10,5 +10,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./hack/build-controlplane.sh
 ./hack/build-istiod.sh
+./hack/build-flux.sh
 export PATH="$PWD/_output/bin:$PATH" KFISTIO_REQUIRE_KUBECTL=1
 go test -timeout 30m -shuffle=on ./... "$@"

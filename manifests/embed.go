@@ -6,5 +6,5 @@ import "embed"
 
 // FS holds every kustomization directory of the tree.
 //
-//go:embed istio-crds istio-namespace istio-install cluster-local-gateway kubeflow-istio-resources namespace-labels example
+//go:embed istio-crds istio-namespace istio-install cluster-local-gateway kubeflow-istio-resources namespace-labels example gitops
 var FS embed.FS

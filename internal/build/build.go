@@ -1,6 +1,7 @@
 package build
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -302,6 +303,41 @@ func options() *krusty.Options {
 	o := krusty.MakeDefaultOptions()
 	o.Reorder = krusty.ReorderOptionUnspecified
 	return o
+}
+
+// WithComponent builds objs with the kustomize Component at component (a
+// directory relative to the root) applied to them, as a kustomization that
+// lists objs and the component builds them.
+func (t *Tree) WithComponent(component string, objs []*unstructured.Unstructured) ([]*unstructured.Unstructured, error) {
+	var docs []string
+	for _, o := range objs {
+		b, err := yaml.Marshal(o.Object)
+		if err != nil {
+			return nil, err
+		}
+		docs = append(docs, string(b))
+	}
+	// The kustomization lives next to the tree, never in it.
+	dir := path.Join(path.Dir(t.root), ".kfistio-component", strings.ReplaceAll(component, "/", "_"))
+	k, err := yaml.Marshal(map[string]any{
+		"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+		"resources": []string{"objects.yaml"}, "components": []string{path.Join("../..", path.Base(t.root), component)},
+	})
+	if err != nil {
+		return nil, err
+	}
+	krustyMu.Lock()
+	err = errors.Join(t.fs.WriteFile(path.Join(dir, "kustomization.yaml"), k),
+		t.fs.WriteFile(path.Join(dir, "objects.yaml"), []byte(strings.Join(docs, "---\n"))))
+	krustyMu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	res, err := t.run(dir)
+	if err != nil {
+		return nil, fmt.Errorf("build with component %s: %w", component, err)
+	}
+	return res.Objects()
 }
 
 // BuildObjects is Build followed by Objects.

@@ -26,6 +26,13 @@ const (
 	ClusterLocalGatewayRevision = "cluster-local-gateway/revision/base"
 	ClusterLocalM2MAuthRevision = "cluster-local-gateway/revision/m2m-auth"
 	KubeflowResourcesDir        = "kubeflow-istio-resources/base"
+	// GitOpsDir holds the Flux and Argo CD objects that install the tree from
+	// kubeflow/manifests, where it lives at KubeflowPath.
+	GitOpsDir    = "gitops"
+	KubeflowPath = "common/istio"
+	// LabelsComponent is, under a namespace-labels directory, the kustomize
+	// Component with the same labels, for GitOps tools.
+	LabelsComponent = "component"
 )
 
 // Installation is what `kfistio install` applies: the CRDs, the namespace, an

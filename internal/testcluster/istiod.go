@@ -121,6 +121,22 @@ func (c *Cluster) RunIstiod() error {
 	return nil
 }
 
+// StopIstiod stops every istiod process and starts none until the returned
+// function is called, as when istiod's node fails: its pods stay Running, its
+// Services answer nothing, and the API server's calls to its webhooks are
+// refused.
+func (c *Cluster) StopIstiod() (restart func()) {
+	r := c.istiod
+	set := func(down bool) {
+		r.mu.Lock()
+		r.down = down
+		r.mu.Unlock()
+		r.settle()
+	}
+	set(true)
+	return func() { set(false) }
+}
+
 // ServeInCluster answers istiod's HTTP requests to hostPort (for example
 // dex.auth.svc.cluster.local:5556) with h. Requests to hosts nobody serves
 // get 502 Bad Gateway.
@@ -277,6 +293,8 @@ type istiodRunner struct {
 	done   chan struct{}
 
 	mu sync.Mutex
+	// down stops every istiod and starts none (StopIstiod).
+	down bool
 	// procs are the running istiods, by Deployment.
 	procs map[string]*istiodProc
 	// forwards by ClusterIP:port.
@@ -374,6 +392,9 @@ func (r *istiodRunner) sync(ctx context.Context) error {
 	pods, terminating, err := r.istiodPods(ctx)
 	if err != nil {
 		return err
+	}
+	if r.down {
+		pods = nil
 	}
 	for d, p := range r.procs {
 		exited := false

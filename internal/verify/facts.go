@@ -67,7 +67,9 @@ var checks = []check{
 	{"WEBHOOKS", "every webhook reaches istiod's pods through its Service, on the revision that writes its CA bundle", with(partInstall), checkWebhookServices},
 	{"WARN", "nothing the API server warns about: AppArmor profiles by field, not by the deprecated annotation", always, checkAppArmor},
 	{"INJECT", "Istio's injector on sample Kubeflow workloads", with(partInstall), checkInjection},
-	{"SCHEMA", "every object fits its schema", always, checkSchema},
+	{"GITOPS", "Flux and Argo CD objects apply the overlay's installation, in the order it needs", with(partGitOps), checkGitOps},
+	{"LABELS", "the namespace-labels Component for GitOps puts exactly these labels", with(partLabels), checkLabelsComponent},
+	{"SCHEMA", "every object fits its schema (Kubernetes and Istio kinds)", func(t *target) bool { return !t.has(partGitOps) }, checkSchema},
 }
 
 const (

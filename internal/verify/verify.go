@@ -81,6 +81,8 @@ const (
 	partPolicies
 	// partLabels: a namespace-labels directory, applied on its own.
 	partLabels
+	// partGitOps: Flux Kustomizations or Argo CD Applications of gitops/.
+	partGitOps
 )
 
 // spec is a target before it is built: an installation or a directory.
@@ -191,6 +193,10 @@ func dirParts(dir string) (part, build.Overlay) {
 		if o.Path == dir || o.RevisionPath == dir {
 			return partInstall, o
 		}
+	}
+	if strings.HasPrefix(dir, build.GitOpsDir+"/") {
+		o, _ := gitOpsOverlay(dir)
+		return partGitOps, o
 	}
 	switch dir {
 	case build.CRDsDir:

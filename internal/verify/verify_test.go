@@ -229,10 +229,11 @@ func failed(tg Target) []string {
 }
 
 const (
-	istiodKey  = "Deployment/istio-system/istiod"
-	ingressKey = "Deployment/istio-system/istio-ingressgateway"
-	cniKey     = "DaemonSet/kube-system/istio-cni-node"
-	ingressSvc = "Service/istio-system/istio-ingressgateway"
+	istiodKey   = "Deployment/istio-system/istiod"
+	ingressKey  = "Deployment/istio-system/istio-ingressgateway"
+	cniKey      = "DaemonSet/kube-system/istio-cni-node"
+	ingressSvc  = "Service/istio-system/istio-ingressgateway"
+	fluxInstall = "Kustomization/flux-system/istio-install"
 )
 
 // Each check fails, naming itself, when the one thing it guards is broken in
@@ -250,6 +251,39 @@ func TestEachCheckFailsOnABrokenBuild(t *testing.T) {
 		}},
 		{"CNI agent confined by AppArmor", "WARN", inst("gke"), func(m *objects) {
 			m.editContainer(cniKey, "install-cni", func(c map[string]any) { delete(c, "securityContext") })
+		}},
+		{"Flux: istio-install does not wait for the CRDs", "GITOPS", dirSpec("gitops/flux/base"), func(m *objects) {
+			m.set(fluxInstall, []any{map[string]any{"name": "istio-namespace"}}, "spec", "dependsOn")
+		}},
+		{"Flux: Ready before istiod is", "GITOPS", dirSpec("gitops/flux/overlays/gke"), func(m *objects) {
+			m.set(fluxInstall, false, "spec", "wait")
+		}},
+		{"Flux: depends on a Kustomization that is not there", "GITOPS", dirSpec("gitops/flux/base"), func(m *objects) {
+			m.set("Kustomization/flux-system/cluster-local-gateway", []any{map[string]any{"name": "istio"}}, "spec", "dependsOn")
+		}},
+		{"Flux: a removed overlay", "GITOPS", dirSpec("gitops/flux/overlays/insecure"), func(m *objects) {
+			m.set(fluxInstall, "./common/istio/istio-install/overlays/removed", "spec", "path")
+		}},
+		{"Flux: the path of another overlay", "GITOPS", dirSpec("gitops/flux/overlays/ambient"), func(m *objects) {
+			m.set(fluxInstall, "./common/istio/istio-install/overlays/oauth2-proxy", "spec", "path")
+		}},
+		{"Flux: no cluster-local gateway", "GITOPS", dirSpec("gitops/flux/base"), func(m *objects) {
+			m.remove("Kustomization/flux-system/cluster-local-gateway")
+		}},
+		{"Argo CD: the gateway in the install's wave", "GITOPS", dirSpec("gitops/argocd/base"), func(m *objects) {
+			m.set("Application/argocd/cluster-local-gateway", map[string]any{"argocd.argoproj.io/sync-wave": "1"}, "metadata", "annotations")
+		}},
+		{"Argo CD: client-side apply", "GITOPS", dirSpec("gitops/argocd/overlays/ambient"), func(m *objects) {
+			m.set("Application/argocd/istio-crds", []any{}, "spec", "syncPolicy", "syncOptions")
+		}},
+		{"Argo CD: a path outside common/istio", "GITOPS", dirSpec("gitops/argocd/base"), func(m *objects) {
+			m.set("Application/argocd/istio-install", "istio/istio-install/overlays/oauth2-proxy", "spec", "source", "path")
+		}},
+		{"labels Component: another label", "LABELS", dirSpec(build.InsecureLabelsDir), func(m *objects) {
+			m.set("Namespace/kubeflow", map[string]any{"pod-security.kubernetes.io/enforce": "baseline"}, "metadata", "labels")
+		}},
+		{"labels Component: a namespace it leaves out", "LABELS", dirSpec(build.AmbientLabelsDir), func(m *objects) {
+			m.add("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: kubeflow-extra\n  labels:\n    istio.io/dataplane-mode: ambient\n")
 		}},
 		{"injector without CNI", "F1", inst("gke"), func(m *objects) {
 			m.editValues(func(v map[string]any) { setPath(v, false, "pilot", "cni", "enabled") })
