@@ -85,6 +85,8 @@ var verifiedWith = []fileTargets{
 	{"cluster-local-gateway/overlays/m2m-auth/", []string{build.ClusterLocalM2MAuth}},
 	{"cluster-local-gateway/base/", []string{build.DefaultOverlay}},
 	{"kubeflow-istio-resources/base/", []string{build.DefaultOverlay}},
+	{"gitops/flux/", []string{build.GitOpsDir + "/flux/base"}},
+	{"gitops/argocd/", []string{build.GitOpsDir + "/argocd/base"}},
 }
 
 // checkedElsewhere names the hand-written files no kustomization builds, and
