@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kubeflow/kfistio/internal/object"
 	"github.com/kubeflow/kfistio/manifests"
 )
 
@@ -309,13 +310,9 @@ func options() *krusty.Options {
 // directory relative to the root) applied to them, as a kustomization that
 // lists objs and the component builds them.
 func (t *Tree) WithComponent(component string, objs []*unstructured.Unstructured) ([]*unstructured.Unstructured, error) {
-	var docs []string
-	for _, o := range objs {
-		b, err := yaml.Marshal(o.Object)
-		if err != nil {
-			return nil, err
-		}
-		docs = append(docs, string(b))
+	docs, err := object.Marshal(objs)
+	if err != nil {
+		return nil, err
 	}
 	// The kustomization lives next to the tree, never in it.
 	dir := path.Join(path.Dir(t.root), ".kfistio-component", strings.ReplaceAll(component, "/", "_"))
@@ -328,7 +325,7 @@ func (t *Tree) WithComponent(component string, objs []*unstructured.Unstructured
 	}
 	krustyMu.Lock()
 	err = errors.Join(t.fs.WriteFile(path.Join(dir, "kustomization.yaml"), k),
-		t.fs.WriteFile(path.Join(dir, "objects.yaml"), []byte(strings.Join(docs, "---\n"))))
+		t.fs.WriteFile(path.Join(dir, "objects.yaml"), docs))
 	krustyMu.Unlock()
 	if err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package doctor
 
 import (
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -64,7 +65,7 @@ var assumedNamespace = map[string]string{injectionLabel: "enabled"}
 
 // CheckWorkloads checks every workload in files.
 func CheckWorkloads(files []*File, o WorkloadOptions) *Report {
-	c := &checker{opts: o, namespaces: maps.Clone(o.Namespaces), assumed: map[string]bool{}}
+	c := &checker{opts: o, namespaces: maps.Clone(o.Namespaces), assumed: map[string]bool{}, injected: map[string]*corev1.PodTemplateSpec{}}
 	if c.namespaces == nil {
 		c.namespaces = map[string]map[string]string{}
 	}
@@ -137,8 +138,10 @@ type checker struct {
 	namespaces map[string]map[string]string
 	// assumed are the namespaces judged with assumedNamespace.
 	assumed map[string]bool
-	traffic *traffic
-	related *relatedObjects
+	// injected holds the pod templates Istio's injector made, by injectionKey.
+	injected map[string]*corev1.PodTemplateSpec
+	traffic  *traffic
+	related  *relatedObjects
 }
 
 // namespaceLabels are the labels of namespace ns, known or assumed.
@@ -292,12 +295,8 @@ func (c *checker) checkPod(w *workload, pr *podRun) []Finding {
 		if tpl.Spec.HostNetwork || !c.opts.Injector.Selects(c.namespaceLabels(p.ns), tpl.Labels) {
 			return nil // no sidecar: Istio's webhooks do not select it
 		}
-		out, err := c.opts.Injector.Inject(pr.pod)
-		if err != nil {
-			return []Finding{w.finding(pr, Unreadable, Error, "", "Istio's injector refuses it: "+shorten(err.Error()), "fix the manifest so that Istio's injector accepts it")}
-		}
-		if p.after, err = object.PodTemplate(out); err != nil {
-			return []Finding{w.finding(pr, Unreadable, Error, "", shorten(err.Error()), "fix the manifest")}
+		if p.after, err = c.inject(pr.pod); err != nil {
+			return []Finding{w.finding(pr, Unreadable, Error, "", shorten(err.Error()), "fix the manifest so that Istio's injector accepts it")}
 		}
 		p.before = tpl
 	}
@@ -313,6 +312,41 @@ func (c *checker) checkPod(w *workload, pr *podRun) []Finding {
 		out = append(out, *f)
 	}
 	return out
+}
+
+// inject returns the pod template of pod after Istio's injector, as a copy
+// of its own. Pods that differ only by name and namespace share one
+// injection: Kubeflow makes the same Deployments in every profile, and
+// what the injector writes of a pod's name and namespace (the workload
+// name and owner in the proxy's environment) is nothing the checks read.
+func (c *checker) inject(pod *unstructured.Unstructured) (*corev1.PodTemplateSpec, error) {
+	key, err := injectionKey(pod)
+	if err != nil {
+		return nil, err
+	}
+	if tpl, ok := c.injected[key]; ok {
+		return tpl.DeepCopy(), nil
+	}
+	out, err := c.opts.Injector.Inject(pod)
+	if err != nil {
+		return nil, fmt.Errorf("Istio's injector refuses it: %w", err)
+	}
+	tpl, err := object.PodTemplate(out)
+	if err != nil {
+		return nil, err
+	}
+	c.injected[key] = tpl
+	return tpl.DeepCopy(), nil
+}
+
+// injectionKey is pod without its name and namespace.
+func injectionKey(pod *unstructured.Unstructured) (string, error) {
+	anon := pod.DeepCopy()
+	anon.SetName("")
+	anon.SetGenerateName("")
+	anon.SetNamespace("")
+	b, err := json.Marshal(anon.Object)
+	return string(b), err
 }
 
 // injected reports whether tpl already went through Istio's injection, which

@@ -24,7 +24,6 @@ import (
 
 	"github.com/kubeflow/kfistio/internal/kube"
 	"github.com/kubeflow/kfistio/internal/testcluster"
-	"github.com/kubeflow/kfistio/internal/upstream"
 )
 
 // proxy is a connection to istiod's xDS as one pod's proxy, and what istiod
@@ -107,44 +106,14 @@ func connectProxy(t *testing.T, c *kube.Client, pod *corev1.Pod, nodeType model.
 	return &proxy{pod: pod, client: c, ads: a}
 }
 
-// nodeMeta is the node metadata of pod's proxy: the pod's name, labels and
-// annotations and the ISTIO_META_ variables of its container istio-proxy,
-// as pilot-agent builds it.
+// nodeMeta is testcluster.ProxyMeta of pod.
 func nodeMeta(t *testing.T, c *kube.Client, pod *corev1.Pod) *structpb.Struct {
 	t.Helper()
-	ctx := context.Background()
-	meta := map[string]any{
-		"NAME": pod.Name, "NAMESPACE": pod.Namespace, "SERVICE_ACCOUNT": pod.Spec.ServiceAccountName,
-		"ISTIO_VERSION": upstream.Release, "LABELS": stringMap(pod.Labels),
-		"ANNOTATIONS": stringMap(pod.Annotations),
-	}
-	for _, ctr := range append(append([]corev1.Container{}, pod.Spec.InitContainers...), pod.Spec.Containers...) {
-		if ctr.Name != "istio-proxy" {
-			continue
-		}
-		env, err := testcluster.ContainerEnv(ctx, c.Kube, pod, &ctr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range env {
-			if k, v, _ := strings.Cut(e, "="); strings.HasPrefix(k, "ISTIO_META_") {
-				meta[strings.TrimPrefix(k, "ISTIO_META_")] = v
-			}
-		}
-	}
-	st, err := structpb.NewStruct(meta)
+	st, err := testcluster.ProxyMeta(context.Background(), c.Kube, pod)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return st
-}
-
-func stringMap(m map[string]string) map[string]any {
-	out := map[string]any{}
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 // asJSON is a proto message as JSON data, with the types of Any fields

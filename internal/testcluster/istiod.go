@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/types/known/structpb"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -619,6 +620,39 @@ func listenerArgs(args []string, podIP string) ([]string, string) {
 		}
 	}
 	return out, httpAddr
+}
+
+// ProxyMeta is the xDS node metadata of pod's proxy: the pod's name, labels
+// and annotations and the ISTIO_META_ variables of its container
+// istio-proxy, as pilot-agent builds it.
+func ProxyMeta(ctx context.Context, kc kubernetes.Interface, pod *corev1.Pod) (*structpb.Struct, error) {
+	meta := map[string]any{
+		"NAME": pod.Name, "NAMESPACE": pod.Namespace, "SERVICE_ACCOUNT": pod.Spec.ServiceAccountName,
+		"ISTIO_VERSION": upstream.Release, "LABELS": anyMap(pod.Labels), "ANNOTATIONS": anyMap(pod.Annotations),
+	}
+	for _, ctr := range slices.Concat(pod.Spec.InitContainers, pod.Spec.Containers) {
+		if ctr.Name != "istio-proxy" {
+			continue
+		}
+		env, err := ContainerEnv(ctx, kc, pod, &ctr)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range env {
+			if k, v, _ := strings.Cut(e, "="); strings.HasPrefix(k, "ISTIO_META_") {
+				meta[strings.TrimPrefix(k, "ISTIO_META_")] = v
+			}
+		}
+	}
+	return structpb.NewStruct(meta)
+}
+
+func anyMap(m map[string]string) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
 }
 
 // ContainerEnv resolves the env of a container of pod as the kubelet would,

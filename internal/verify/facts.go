@@ -69,7 +69,7 @@ var checks = []check{
 	{"INJECT", "Istio's injector on sample Kubeflow workloads", with(partInstall), checkInjection},
 	{"GITOPS", "Flux and Argo CD objects apply the overlay's installation, in the order it needs", with(partGitOps), checkGitOps},
 	{"LABELS", "the namespace-labels Component for GitOps puts exactly these labels", with(partLabels), checkLabelsComponent},
-	{"SCHEMA", "every object fits its schema (Kubernetes and Istio kinds)", func(t *target) bool { return !t.has(partGitOps) }, checkSchema},
+	{"SCHEMA", "every object fits its schema", func(t *target) bool { return !t.has(partGitOps) }, checkSchema},
 }
 
 const (
