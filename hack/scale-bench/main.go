@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -40,6 +41,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"istio.io/istio/pilot/pkg/model"
 	v3 "istio.io/istio/pilot/pkg/xds/v3"
@@ -54,6 +56,7 @@ func main() {
 	delay := flag.Duration("delay", 25*time.Millisecond, "latency of the remote-cluster measurement, each way")
 	nodes := flag.Int("nodes", 40, "fake nodes (110 pods each)")
 	compare := flag.String("compare", "", "another kfistio binary whose doctor is measured too, on loopback (an earlier build)")
+	keep := flag.Bool("keep", false, "keep the cluster running after the table, until interrupted, and print its kubeconfig")
 	flag.Parse()
 	var ns []int
 	for _, s := range strings.Split(*profiles, ",") {
@@ -68,7 +71,7 @@ func main() {
 	if scope := istiolog.FindScope("adsc"); scope != nil {
 		scope.SetOutputLevel(istiolog.WarnLevel)
 	}
-	if err := run(ns, *delay, *nodes, *compare); err != nil {
+	if err := run(ns, *delay, *nodes, *compare, *keep); err != nil {
 		fmt.Fprintln(os.Stderr, "Error:", err)
 		os.Exit(1)
 	}
@@ -103,7 +106,7 @@ type xds struct {
 	bytes                       int
 }
 
-func run(profiles []int, delay time.Duration, nodes int, compare string) error {
+func run(profiles []int, delay time.Duration, nodes int, compare string, keep bool) error {
 	ctx := context.Background()
 	dir, err := os.MkdirTemp("", "kfistio-scale-")
 	if err != nil {
@@ -133,7 +136,10 @@ func run(profiles []int, delay time.Duration, nodes int, compare string) error {
 	if err := b.c.RunIstiod(); err != nil {
 		return err
 	}
-	if b.kc, err = kubernetes.NewForConfig(b.c.Config); err != nil {
+	// Building profiles is many small writes: no client-side throttling.
+	cfg := rest.CopyConfig(b.c.Config)
+	cfg.QPS, cfg.Burst = 500, 1000
+	if b.kc, err = kubernetes.NewForConfig(cfg); err != nil {
 		return err
 	}
 	p, err := b.c.DelayProxy(delay)
@@ -170,6 +176,12 @@ func run(profiles []int, delay time.Duration, nodes int, compare string) error {
 		for _, r := range rows {
 			fmt.Printf("  %d profiles: %s\n", r.profiles, r.doctorCompare)
 		}
+	}
+	if keep {
+		fmt.Printf("\ncluster kept until interrupted: --kubeconfig %s (%s each way: %s)\n", b.c.Kubeconfig, delay, b.remote)
+		stop, cancel := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+		defer cancel()
+		<-stop.Done()
 	}
 	return nil
 }

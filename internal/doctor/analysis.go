@@ -14,7 +14,6 @@ import (
 	"github.com/hashicorp/go-multierror"
 	"istio.io/istio/pilot/pkg/config/file"
 	"istio.io/istio/pkg/config"
-	"istio.io/istio/pkg/config/analysis/analyzers"
 	"istio.io/istio/pkg/config/analysis/diag"
 	kubesource "istio.io/istio/pkg/config/analysis/legacy/source/kube"
 	"istio.io/istio/pkg/config/analysis/legacy/util/kuberesource"
@@ -132,7 +131,7 @@ func withoutSchemas(o *unstructured.Unstructured) *unstructured.Unstructured {
 
 // fileSchemas are the kinds istioctl analyze reads from files.
 func fileSchemas() collection.Schemas {
-	inputs := kuberesource.ConvertInputsToSchemas(analyzers.AllCombined().Metadata().Inputs)
+	inputs := kuberesource.ConvertInputsToSchemas(combinedAnalyzers().Metadata().Inputs)
 	return inputs.Remove(kuberesource.DefaultExcludedSchemas().All()...)
 }
 
@@ -164,7 +163,7 @@ func gvkOf(o *unstructured.Unstructured) config.GroupVersionKind {
 // says what the analyzers could not read.
 func (a *Analysis) Files(files []*File) ([]Finding, []string) {
 	notes := unknownVersions(files)
-	sa := analysislocal.NewIstiodAnalyzer(analyzers.AllCombined(), "", inject.Namespace, nil)
+	sa := analysislocal.NewIstiodAnalyzer(combinedAnalyzers(), "", inject.Namespace, nil)
 	sa.SetSuppressions(suppressions(a.Suppressions))
 	if err := a.useMesh(sa); err != nil {
 		notes = append(notes, "the installation's mesh config: "+err.Error()+"; Istio's defaults used")
@@ -297,7 +296,7 @@ func AnalyzeCluster(ctx context.Context, c *kube.Client, s []Suppression) ([]Fin
 		return nil, nil, fmt.Errorf("connect Istio's analyzers: %w", err)
 	}
 	defer ic.Shutdown()
-	sa := analysislocal.NewIstiodAnalyzer(analyzers.AllCombined(), "", inject.Namespace, nil)
+	sa := analysislocal.NewIstiodAnalyzer(combinedAnalyzers(), "", inject.Namespace, nil)
 	sa.SetSuppressions(suppressions(s))
 	sa.AddRunningKubeSourceWithRevision(istiokube.EnableCrdWatcher(ic), "default", false)
 	synced, cancel := context.WithTimeout(ctx, analyzerSync)

@@ -296,6 +296,43 @@ spec:
 		}
 	})
 
+	// Istio's ServiceAssociationAnalyzer runs one namespace at a time
+	// (combinedAnalyzers): it still sees the Services of the Deployment's
+	// namespace, and those of another namespace still do not count.
+	t.Run("a Deployment behind two Services of one port, TCP and UDP", func(t *testing.T) {
+		defer deleteNamespace(t, "team-svc")
+		defer deleteNamespace(t, "team-other")
+		doc := func(ns, protocol string) string {
+			return fmt.Sprintf(`apiVersion: v1
+kind: Namespace
+metadata: {name: %[1]s, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-%[3]s, namespace: %[1]s}
+spec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080, protocol: %[2]s}]}
+`, ns, protocol, strings.ToLower(protocol))
+		}
+		applyDocs(t, doc("team-svc", "TCP")+"---\n"+doc("team-other", "UDP")+`---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: team-svc}
+spec:
+  replicas: 0
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: registry.example.com/web:1, ports: [{containerPort: 8080}]}]}
+`)
+		if r := check(t); slices.ContainsFunc(r.Findings, func(f Finding) bool { return f.ID == "IST0116" }) {
+			t.Errorf("a UDP Service of another namespace counts: %v", ids(r))
+		}
+		applyDocs(t, doc("team-svc", "UDP"))
+		if r := check(t); !hasFinding(r, "IST0116", "Deployment/team-svc/web", "web-udp") {
+			t.Errorf("no IST0116 for the Deployment behind two Services: %v", ids(r))
+		}
+	})
+
 	t.Run("GKE nodes with the default overlay", func(t *testing.T) {
 		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "gke-pool-1",
 			Labels: map[string]string{"cloud.google.com/gke-nodepool": "pool-1"}},
