@@ -72,27 +72,50 @@ func CheckCluster(ctx context.Context, c *kube.Client, suppress []Suppression) (
 		r.Checked = 1
 		return r, nil
 	}
-	cl := &clusterCheck{c: c, r: r, suppress: suppress}
+	// Istio's analyzers read the cluster through clients of their own: they
+	// run while the other checks do, which on a remote cluster hides most of
+	// their round trips, and their findings join the others at the end.
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	analyzed := make(chan analysisResult, 1)
+	go func() {
+		findings, notes, err := AnalyzeCluster(actx, c, suppress)
+		analyzed <- analysisResult{findings, notes, err}
+	}()
+	cl := &clusterCheck{c: c, r: r}
 	if err := cl.load(ctx, cp); err != nil {
 		return nil, err
 	}
 	for _, check := range []func(context.Context) error{
 		cl.cniReady, cl.gkeOverlay, cl.nativeSidecars, cl.webhookCABundles, cl.namespaceLevels, cl.pods, cl.workloads,
-		cl.routing, cl.analyzers,
+		cl.routing,
 	} {
 		if err := check(ctx); err != nil {
 			return nil, err
 		}
 		r.Checked++
 	}
+	a := <-analyzed
+	if a.err != nil {
+		return nil, a.err
+	}
+	r.Findings = append(r.Findings, a.findings...)
+	r.Notes = append(r.Notes, a.notes...)
+	r.Checked++
 	r.sort()
 	return r, nil
 }
 
+// analysisResult is what AnalyzeCluster returns.
+type analysisResult struct {
+	findings []Finding
+	notes    []string
+	err      error
+}
+
 type clusterCheck struct {
-	c        *kube.Client
-	r        *Report
-	suppress []Suppression
+	c *kube.Client
+	r *Report
 	// What is installed: the injector, whether it uses CNI, the release of
 	// istiod, and the overlay kfistio recorded (empty when not kfistio's).
 	injector *inject.Injector
@@ -203,17 +226,6 @@ func (cl *clusterCheck) routing(ctx context.Context) error {
 		objs = append(objs, items...)
 	}
 	cl.r.Findings = append(cl.r.Findings, routingFindings(objs, func(*unstructured.Unstructured) string { return "cluster" })...)
-	return nil
-}
-
-// analyzers runs Istio's analyzers over the cluster.
-func (cl *clusterCheck) analyzers(ctx context.Context) error {
-	findings, notes, err := AnalyzeCluster(ctx, cl.c, cl.suppress)
-	if err != nil {
-		return err
-	}
-	cl.r.Findings = append(cl.r.Findings, findings...)
-	cl.r.Notes = append(cl.r.Notes, notes...)
 	return nil
 }
 
