@@ -15,8 +15,7 @@ import (
 // matches every Deployment against every Service of the cluster before it
 // compares their namespaces: 9 million selectors at 1000 profiles of three
 // of each, most of doctor's time. Run one namespace at a time, it finds the
-// same conflicts (hack/analyze-compare compares the findings with
-// istioctl's in CI).
+// same conflicts (TestCluster: a Deployment behind two Services).
 var namespaceLocal = map[string]bool{"deployment.MultiServiceAnalyzer": true}
 
 // combinedAnalyzers are Istio's analyzers (analyzers.All, as istioctl
