@@ -39,6 +39,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -48,6 +49,7 @@ import (
 	"istio.io/istio/pkg/adsc"
 	istiolog "istio.io/istio/pkg/log"
 
+	"github.com/kubeflow/kfistio/internal/kube"
 	"github.com/kubeflow/kfistio/internal/testcluster"
 )
 
@@ -308,22 +310,16 @@ func (b *bench) grow(ctx context.Context, from, to int) error {
 }
 
 func (b *bench) runningProfilePods(ctx context.Context) (int, error) {
+	pods, err := kube.ListAll[*corev1.Pod](ctx, func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+		return b.kc.CoreV1().Pods("").List(ctx, o)
+	}, metav1.ListOptions{})
 	n := 0
-	opts := metav1.ListOptions{Limit: 500}
-	for {
-		list, err := b.kc.CoreV1().Pods("").List(ctx, opts)
-		if err != nil {
-			return 0, err
-		}
-		for _, p := range list.Items {
-			if strings.HasPrefix(p.Namespace, "profile-") && p.Status.Phase == corev1.PodRunning {
-				n++
-			}
-		}
-		if opts.Continue = list.Continue; opts.Continue == "" {
-			return n, nil
+	for _, p := range pods {
+		if strings.HasPrefix(p.Namespace, "profile-") && p.Status.Phase == corev1.PodRunning {
+			n++
 		}
 	}
+	return n, err
 }
 
 // profile creates the namespace ns with its Services and Deployments.

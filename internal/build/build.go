@@ -314,28 +314,47 @@ func (t *Tree) WithComponent(component string, objs []*unstructured.Unstructured
 	if err != nil {
 		return nil, err
 	}
-	// The kustomization lives next to the tree, never in it.
-	dir := path.Join(path.Dir(t.root), ".kfistio-component", strings.ReplaceAll(component, "/", "_"))
-	k, err := yaml.Marshal(map[string]any{
-		"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-		"resources": []string{"objects.yaml"}, "components": []string{path.Join("../..", path.Base(t.root), component)},
-	})
-	if err != nil {
-		return nil, err
-	}
-	krustyMu.Lock()
-	err = errors.Join(t.fs.WriteFile(path.Join(dir, "kustomization.yaml"), k),
-		t.fs.WriteFile(path.Join(dir, "objects.yaml"), docs))
-	krustyMu.Unlock()
-	if err != nil {
-		return nil, err
-	}
-	res, err := t.run(dir)
+	res, err := t.runBeside("component", strings.ReplaceAll(component, "/", "_"), []string{"objects.yaml"},
+		[]string{t.fromBeside(component)}, map[string][]byte{"objects.yaml": docs})
 	if err != nil {
 		return nil, fmt.Errorf("build with component %s: %w", component, err)
 	}
 	return res.Objects()
 }
+
+// runBeside builds a kustomization of resources and components (paths from
+// its directory) in the directory .kfistio-KIND/NAME next to the tree, never
+// in it, with files written beside it.
+func (t *Tree) runBeside(kind, name string, resources, components []string, files map[string][]byte) (*Result, error) {
+	kustomization := map[string]any{
+		"apiVersion": "kustomize.config.k8s.io/v1beta1",
+		"kind":       "Kustomization",
+		"resources":  resources,
+	}
+	if len(components) > 0 {
+		kustomization["components"] = components
+	}
+	k, err := yaml.Marshal(kustomization)
+	if err != nil {
+		return nil, err
+	}
+	dir := path.Join(path.Dir(t.root), ".kfistio-"+kind, name)
+	var errs []error
+	krustyMu.Lock()
+	errs = append(errs, t.fs.WriteFile(path.Join(dir, "kustomization.yaml"), k))
+	for file, b := range files {
+		errs = append(errs, t.fs.WriteFile(path.Join(dir, file), b))
+	}
+	krustyMu.Unlock()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return t.run(dir)
+}
+
+// fromBeside is the path of directory d of the tree from a directory that
+// runBeside builds.
+func (t *Tree) fromBeside(d string) string { return path.Join("../..", path.Base(t.root), d) }
 
 // BuildObjects is Build followed by Objects.
 func (t *Tree) BuildObjects(dir string) ([]*unstructured.Unstructured, error) {

@@ -2,12 +2,10 @@ package build
 
 import (
 	"fmt"
-	"path"
 	"sort"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"sigs.k8s.io/yaml"
 
 	"github.com/kubeflow/kfistio/internal/upstream"
 )
@@ -143,11 +141,9 @@ func (t *Tree) BuildInstallation(in Installation) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The kustomization lives next to the tree, never in it.
-	dir := path.Join(path.Dir(t.root), ".kfistio-installation", strings.NewReplacer("+", "_", "(", "_", ")", "", "@", "_").Replace(in.Name()))
 	var resources, components []string
 	for _, d := range dirs {
-		resources = append(resources, path.Join("../..", path.Base(t.root), d))
+		resources = append(resources, t.fromBeside(d))
 	}
 	for _, c := range in.Components {
 		p, ok := OptionalComponents[c]
@@ -157,27 +153,10 @@ func (t *Tree) BuildInstallation(in Installation) (*Result, error) {
 		if o, _ := LookupOverlay(in.Overlay); c == OAuth2ProxyPolicies && !o.OAuth2Proxy {
 			return nil, fmt.Errorf("component %s: overlay %s has no oauth2-proxy provider in its mesh config; choose an overlay with oauth2-proxy", c, in.Overlay)
 		}
-		components = append(components, path.Join("../..", path.Base(t.root), p))
+		components = append(components, t.fromBeside(p))
 	}
-	kustomization := map[string]any{
-		"apiVersion": "kustomize.config.k8s.io/v1beta1",
-		"kind":       "Kustomization",
-		"resources":  resources,
-	}
-	if len(components) > 0 {
-		kustomization["components"] = components
-	}
-	k, err := yaml.Marshal(kustomization)
-	if err != nil {
-		return nil, err
-	}
-	krustyMu.Lock()
-	err = t.fs.WriteFile(path.Join(dir, "kustomization.yaml"), k)
-	krustyMu.Unlock()
-	if err != nil {
-		return nil, err
-	}
-	res, err := t.run(dir)
+	name := strings.NewReplacer("+", "_", "(", "_", ")", "", "@", "_").Replace(in.Name())
+	res, err := t.runBeside("installation", name, resources, components, nil)
 	if err != nil {
 		return nil, fmt.Errorf("build installation %s: %w", in.Name(), err)
 	}

@@ -56,11 +56,12 @@ func TestFluxInstallsEveryOverlay(t *testing.T) {
 		t.Run(o.Name, func(t *testing.T) {
 			ks := f.kustomizations(t, o, nil)
 			before := f.existingNamespaces(t)
+			eventMark := f.events.count()
 			f.apply(t, ks)
 			started := time.Now()
 			f.waitReady(t, ks, 4*time.Minute)
 			t.Logf("all %d Kustomizations Ready in %s", len(ks), time.Since(started).Round(time.Second))
-			for _, e := range f.events.since(0) {
+			for _, e := range f.events.since(eventMark) {
 				if e.Severity == "error" {
 					t.Logf("on the way: %s %s: %s", e.Reason, e.Object.Name, firstLine(e.Message))
 				}
@@ -238,7 +239,7 @@ func startFlux(t *testing.T) *flux {
 		}
 		_ = c.Kube.CoreV1().Namespaces().Delete(ctx, fluxNamespace, metav1.DeleteOptions{})
 		deleteIstioCRDs(t)
-		waitGone(t, c.Dynamic.Resource(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}), "istio-system", true)
+		deleteNamespace(t, c, "istio-system")
 	})
 	ns := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": fluxNamespace}}}
 	applyObject(t, c, ns)

@@ -78,27 +78,21 @@ func (s *slot) host() string { return fmt.Sprintf("127.120.%d.1", s.n) }
 
 func (s *slot) hostPort(port int) string { return net.JoinHostPort(s.host(), strconv.Itoa(port)) }
 
-// wide is the address of slot n in a range of /20 blocks starting at
-// 127.first.0.0, 16 slots per second octet: 4096 addresses each, room for
-// the Services and pods of a thousand Kubeflow profiles.
-func (s *slot) wide(first int) (a, b int) { return first + s.n/16, s.n % 16 * 16 }
+// wide is the address host (such as "0/20" or "1") of slot n in a range of
+// /20 blocks starting at 127.first.0.0, 16 slots per second octet: 4096
+// addresses each, room for the Services and pods of a thousand Kubeflow
+// profiles.
+func (s *slot) wide(first int, host string) string {
+	return fmt.Sprintf("127.%d.%d.%s", first+s.n/16, s.n%16*16, host)
+}
 
 // serviceCIDR is the range of Service ClusterIPs (127.96.0.0 to
 // 127.111.255.255 for all slots); its first address is the kubernetes
 // Service's.
-func (s *slot) serviceCIDR() string {
-	a, b := s.wide(96)
-	return fmt.Sprintf("127.%d.%d.0/20", a, b)
-}
+func (s *slot) serviceCIDR() string { return s.wide(96, "0/20") }
 
-func (s *slot) kubernetesServiceIP() string {
-	a, b := s.wide(96)
-	return fmt.Sprintf("127.%d.%d.1", a, b)
-}
+func (s *slot) kubernetesServiceIP() string { return s.wide(96, "1") }
 
 // podCIDR is the range kwok gives pod IPs from (127.64.0.0 to
 // 127.79.255.255 for all slots).
-func (s *slot) podCIDR() string {
-	a, b := s.wide(64)
-	return fmt.Sprintf("127.%d.%d.0/20", a, b)
-}
+func (s *slot) podCIDR() string { return s.wide(64, "0/20") }

@@ -221,16 +221,18 @@ func checkLabelsComponent(t *target) []Problem {
 	var p problems
 	const other = "kfistio-unlisted"
 	want := map[string]map[string]string{other: nil}
+	for _, o := range t.own {
+		if o.GetKind() == "Namespace" {
+			want[o.GetName()] = o.GetLabels()
+		}
+	}
 	var stubs []*unstructured.Unstructured
-	for _, name := range append([]string{other}, namespaceNames(t.own)...) {
+	for _, name := range slices.Sorted(maps.Keys(want)) {
 		ns := &unstructured.Unstructured{}
 		ns.SetAPIVersion("v1")
 		ns.SetKind("Namespace")
 		ns.SetName(name)
 		stubs = append(stubs, ns)
-	}
-	for _, o := range t.own {
-		want[o.GetName()] = o.GetLabels()
 	}
 	component := path.Join(t.dir, build.LabelsComponent)
 	got, err := t.env.tree.WithComponent(component, stubs)
@@ -244,15 +246,4 @@ func checkLabelsComponent(t *target) []Problem {
 		}
 	}
 	return p
-}
-
-// namespaceNames returns the names of the Namespaces among objs.
-func namespaceNames(objs []*unstructured.Unstructured) []string {
-	var out []string
-	for _, o := range objs {
-		if o.GetKind() == "Namespace" {
-			out = append(out, o.GetName())
-		}
-	}
-	return out
 }
