@@ -8,18 +8,22 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 
 	"golang.org/x/sync/errgroup"
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/version"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/pod-security-admission/api"
 
 	"github.com/kubeflow/kfistio/internal/build"
@@ -55,26 +59,10 @@ const (
 // Istio's analyzers run over the live resources, and suppress hides their
 // findings as istioctl analyze --suppress does.
 func CheckCluster(ctx context.Context, c *kube.Client, suppress []Suppression) (*Report, error) {
-	r := &Report{}
-	cps, err := (&install.Installer{Client: c}).ControlPlanes(ctx)
-	if err != nil {
-		return nil, err
-	}
-	cp := install.DefaultControlPlane(cps)
-	if cp == nil {
-		f := Finding{ID: NoControlPlane, Severity: Error, Object: object.KeyOf("Deployment", istioNamespace, revision.NamesOf(revision.Default).Istiod),
-			Source: "cluster", Reason: "istiod is not installed, so nothing is injected or configured", Fix: "run kfistio install"}
-		if len(cps) > 0 {
-			f.Reason = fmt.Sprintf("%d istiod revisions run and none injects namespaces labelled istio-injection=enabled", len(cps))
-			f.Fix = "point the default tag at a revision (kfistio upgrade switch, or kfistio upgrade rollback)"
-		}
-		r.Findings = append(r.Findings, f)
-		r.Checked = 1
-		return r, nil
-	}
 	// Istio's analyzers read the cluster through clients of their own: they
-	// run while the other checks do, which on a remote cluster hides most of
-	// their round trips, and their findings join the others at the end.
+	// run while the other checks read and check, which on a remote cluster
+	// hides most of their round trips, and their findings join the others
+	// at the end.
 	actx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	analyzed := make(chan analysisResult, 1)
@@ -82,8 +70,22 @@ func CheckCluster(ctx context.Context, c *kube.Client, suppress []Suppression) (
 		findings, notes, err := AnalyzeCluster(actx, c, suppress)
 		analyzed <- analysisResult{findings, notes, err}
 	}()
+	r := &Report{}
 	cl := &clusterCheck{c: c, r: r}
-	if err := cl.load(ctx, cp); err != nil {
+	if err := cl.read(ctx); err != nil {
+		return nil, err
+	}
+	cp := install.DefaultControlPlane(cl.controlPlanes)
+	if cp == nil {
+		f := Finding{ID: NoControlPlane, Severity: Error, Object: object.KeyOf("Deployment", istioNamespace, revision.NamesOf(revision.Default).Istiod),
+			Source: "cluster", Reason: "istiod is not installed, so nothing is injected or configured", Fix: "run kfistio install"}
+		if len(cl.controlPlanes) > 0 {
+			f.Reason = fmt.Sprintf("%d istiod revisions run and none injects namespaces labelled istio-injection=enabled", len(cl.controlPlanes))
+			f.Fix = "point the default tag at a revision (kfistio upgrade switch, or kfistio upgrade rollback)"
+		}
+		return &Report{Findings: []Finding{f}, Checked: 1}, nil
+	}
+	if err := cl.load(cp); err != nil {
 		return nil, err
 	}
 	for _, check := range []func(context.Context) error{
@@ -116,38 +118,288 @@ type analysisResult struct {
 type clusterCheck struct {
 	c *kube.Client
 	r *Report
-	// What is installed: the injector, whether it uses CNI, the release of
-	// istiod, and the overlay kfistio recorded (empty when not kfistio's).
-	injector *inject.Injector
-	cni      bool
-	release  string
-	overlay  string
+	// What is installed: the control planes, the injector of the default
+	// one, whether it uses CNI, the release of istiod, and the overlay
+	// kfistio recorded (empty when not kfistio's).
+	controlPlanes []install.ControlPlane
+	injector      *inject.Injector
+	cni           bool
+	release       string
+	overlay       string
 	// istiod is the name of its Deployment.
 	istiod string
 	// mesh are the objects that decide where sidecars send traffic.
 	mesh []*unstructured.Unstructured
-	// What several checks read, read once: the CNI DaemonSet (nil when
-	// absent), the nodes, the labels of every namespace, and the namespaces
-	// istiod injects.
-	cniAgent   *appsv1.DaemonSet
-	nodes      []corev1.Node
-	namespaces map[string]map[string]string
-	injected   []corev1.Namespace
+	// What the checks read, all at once (read): the ConfigMaps of
+	// istio-system, the CNI DaemonSet (nil when absent), the nodes, the
+	// labels of every namespace and the namespaces istiod injects, istiod's
+	// webhooks, the pods (and the namespaces where this user may not list
+	// them), the workloads of each kind, and what the gateways route.
+	configMaps      map[string]*corev1.ConfigMap
+	cniAgent        *appsv1.DaemonSet
+	nodes           []corev1.Node
+	namespaces      map[string]map[string]string
+	injected        []corev1.Namespace
+	mutating        []admissionv1.MutatingWebhookConfiguration
+	validating      []admissionv1.ValidatingWebhookConfiguration
+	allPods         []*corev1.Pod
+	podsDenied      []string
+	workloadsOf     [][]*unstructured.Unstructured
+	workloadsDenied [][]string
+	routes          []*unstructured.Unstructured
 }
 
 func (cl *clusterCheck) add(id string, sev Severity, key, reason, fix string) {
 	cl.r.Findings = append(cl.r.Findings, Finding{ID: id, Severity: sev, Object: key, Source: "cluster", Reason: reason, Fix: fix})
 }
 
-// load reads the installation of the default control plane cp: its
-// injector's ConfigMaps, istiod, the kfistio inventory, and the Istio objects
-// that decide where traffic goes.
-func (cl *clusterCheck) load(ctx context.Context, cp *install.ControlPlane) error {
+// workloadKind is a kind whose pod templates the workload checks read.
+type workloadKind struct {
+	gvk schema.GroupVersionKind
+	// resource is its resource's name.
+	resource string
+	// typed lists it with the typed client, in protobuf (built-in kinds);
+	// nil for custom resources, listed as unstructured JSON.
+	typed func(c kubernetes.Interface, ns string) listFunc
+}
+
+func (k workloadKind) gvr() schema.GroupVersionResource {
+	return k.gvk.GroupVersion().WithResource(k.resource)
+}
+
+// keep returns what the workload checks read of an object of kind k, and
+// whether they read it: an object of an injected namespace (of
+// injected()), as unstructured, but not a CronJob's Job (its CronJob is
+// checked). What is converted loses its managedFields and status, which no
+// check reads.
+func (k workloadKind) keep(injected func() map[string]bool) func(runtime.Object) (*unstructured.Unstructured, bool, error) {
+	return func(o runtime.Object) (*unstructured.Unstructured, bool, error) {
+		m, err := meta.Accessor(o)
+		if err != nil {
+			return nil, false, fmt.Errorf("read %s: %w", kindName(k.gvr()), err)
+		}
+		if !injected()[m.GetNamespace()] || len(m.GetOwnerReferences()) > 0 && k.gvk.Kind == "Job" {
+			return nil, false, nil
+		}
+		u, ok := o.(*unstructured.Unstructured)
+		if !ok {
+			m.SetManagedFields(nil)
+			u = typed(o, k.gvk.GroupVersion().String(), k.gvk.Kind)
+			delete(u.Object, "status")
+		}
+		return u, true, nil
+	}
+}
+
+// workloadKinds are the kinds whose pod templates the workload checks read.
+var workloadKinds = []workloadKind{
+	{appsv1.SchemeGroupVersion.WithKind("Deployment"), "deployments", func(c kubernetes.Interface, ns string) listFunc {
+		return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return c.AppsV1().Deployments(ns).List(ctx, o)
+		}
+	}},
+	{appsv1.SchemeGroupVersion.WithKind("StatefulSet"), "statefulsets", func(c kubernetes.Interface, ns string) listFunc {
+		return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return c.AppsV1().StatefulSets(ns).List(ctx, o)
+		}
+	}},
+	{appsv1.SchemeGroupVersion.WithKind("DaemonSet"), "daemonsets", func(c kubernetes.Interface, ns string) listFunc {
+		return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return c.AppsV1().DaemonSets(ns).List(ctx, o)
+		}
+	}},
+	{batchv1.SchemeGroupVersion.WithKind("Job"), "jobs", func(c kubernetes.Interface, ns string) listFunc {
+		return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return c.BatchV1().Jobs(ns).List(ctx, o)
+		}
+	}},
+	{batchv1.SchemeGroupVersion.WithKind("CronJob"), "cronjobs", func(c kubernetes.Interface, ns string) listFunc {
+		return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return c.BatchV1().CronJobs(ns).List(ctx, o)
+		}
+	}},
+	{schema.GroupVersionKind{Group: "serving.kserve.io", Version: "v1beta1", Kind: "InferenceService"}, "inferenceservices", nil},
+	{schema.GroupVersionKind{Group: "kubeflow.org", Version: "v1", Kind: "Notebook"}, "notebooks", nil},
+}
+
+// routeQueries are what the routing check reads: the Gateways,
+// VirtualServices and gateway Deployments (labelled istio) of every
+// namespace.
+var routeQueries = []struct {
+	gvr      schema.GroupVersionResource
+	selector string
+}{
+	{schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "gateways"}, ""},
+	{schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "virtualservices"}, ""},
+	{schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "deployments"}, "istio"},
+}
+
+// read reads everything the checks need, each kind in one LIST (paged) of
+// every namespace, all at once: on a remote cluster doctor waits for about
+// one round trip, however many namespaces there are. Where this user may
+// not list a kind in every namespace, it is listed namespace by namespace
+// once the namespaces are read.
+func (cl *clusterCheck) read(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	// Closed when the namespaces are read, or could not be; then these
+	// return their names, and the injected ones by name.
+	namespacesRead := make(chan struct{})
+	allNamespaces := func() []string {
+		<-namespacesRead
+		return slices.Sorted(maps.Keys(cl.namespaces))
+	}
+	injectedNamespaces := func() map[string]bool {
+		<-namespacesRead
+		injected := map[string]bool{}
+		for _, n := range cl.injected {
+			injected[n.Name] = true
+		}
+		return injected
+	}
+	g.Go(func() error {
+		defer close(namespacesRead)
+		namespaces, err := cl.c.Kube.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return fmt.Errorf("list namespaces: %w", err)
+		}
+		cl.namespaces = map[string]map[string]string{}
+		for _, n := range namespaces.Items {
+			cl.namespaces[n.Name] = n.Labels
+			if n.Labels[injectionLabel] == "enabled" || (n.Labels[revisionLabel] != "" && n.Labels[injectionLabel] != "disabled") {
+				cl.injected = append(cl.injected, n)
+			}
+		}
+		return nil
+	})
+	g.Go(func() (err error) {
+		cl.controlPlanes, err = (&install.Installer{Client: cl.c}).ControlPlanes(ctx)
+		return err
+	})
+	g.Go(func() error {
+		cms, err := cl.c.Kube.CoreV1().ConfigMaps(istioNamespace).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return fmt.Errorf("list the ConfigMaps of %s: %w", istioNamespace, err)
+		}
+		cl.configMaps = map[string]*corev1.ConfigMap{}
+		for i := range cms.Items {
+			cl.configMaps[cms.Items[i].Name] = &cms.Items[i]
+		}
+		return nil
+	})
+	g.Go(func() error {
+		inv, err := (&install.Installer{Client: cl.c}).ReadInventory(ctx)
+		switch {
+		case err == nil:
+			cl.overlay = inv.Overlay
+		case !errors.Is(err, install.ErrNotInstalled):
+			return err
+		}
+		return nil
+	})
+	traffic := make([][]*unstructured.Unstructured, len(trafficResources))
+	for i, gvr := range trafficResources {
+		g.Go(func() (err error) {
+			traffic[i], err = cl.listCluster(ctx, gvr, "")
+			return err
+		})
+	}
+	g.Go(func() error {
+		ds, err := cl.c.Kube.AppsV1().DaemonSets(cniNamespace).Get(ctx, cniDaemonSet, metav1.GetOptions{})
+		switch {
+		case err == nil:
+			cl.cniAgent = ds
+		case !apierrors.IsNotFound(err):
+			return fmt.Errorf("get DaemonSet/%s/%s: %w", cniNamespace, cniDaemonSet, err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		nodes, err := cl.c.Kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return fmt.Errorf("list nodes: %w", err)
+		}
+		cl.nodes = nodes.Items
+		return nil
+	})
+	// The injector's configuration is labelled app=sidecar-injector, the
+	// validator's app=istiod.
+	hooks := metav1.ListOptions{LabelSelector: "app in (istiod,sidecar-injector)"}
+	g.Go(func() error {
+		mw, err := cl.c.Kube.AdmissionregistrationV1().MutatingWebhookConfigurations().List(ctx, hooks)
+		if err != nil {
+			return fmt.Errorf("list MutatingWebhookConfigurations: %w", err)
+		}
+		cl.mutating = mw.Items
+		return nil
+	})
+	g.Go(func() error {
+		vw, err := cl.c.Kube.AdmissionregistrationV1().ValidatingWebhookConfigurations().List(ctx, hooks)
+		if err != nil {
+			return fmt.Errorf("list ValidatingWebhookConfigurations: %w", err)
+		}
+		cl.validating = vw.Items
+		return nil
+	})
+	g.Go(func() (err error) {
+		cl.allPods, cl.podsDenied, err = listEverywhere(ctx, "Pods", func(ns string) listFunc {
+			return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return cl.c.Kube.CoreV1().Pods(ns).List(ctx, o)
+			}
+		}, allNamespaces, slimPod)
+		return err
+	})
+	cl.workloadsOf = make([][]*unstructured.Unstructured, len(workloadKinds))
+	cl.workloadsDenied = make([][]string, len(workloadKinds))
+	for i, k := range workloadKinds {
+		list := cl.dynamicList(k.gvr())
+		if k.typed != nil {
+			list = func(ns string) listFunc { return k.typed(cl.c.Kube, ns) }
+		}
+		g.Go(func() (err error) {
+			injected := sync.OnceValue(injectedNamespaces)
+			names := func() []string { return slices.Sorted(maps.Keys(injected())) }
+			cl.workloadsOf[i], cl.workloadsDenied[i], err = listEverywhere(ctx, kindName(k.gvr()), list, names, k.keep(injected))
+			return err
+		})
+	}
+	routes := make([][]*unstructured.Unstructured, len(routeQueries))
+	for i, q := range routeQueries {
+		g.Go(func() (err error) {
+			routes[i], err = cl.listCluster(ctx, q.gvr, q.selector)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	cl.mesh = slices.Concat(traffic...)
+	cl.routes = slices.Concat(routes...)
+	return nil
+}
+
+// slimPod drops from p what the checks of pods do not read (they read its
+// metadata, node, the names and images of its containers, and its status),
+// so that the pods of a large cluster take little memory while the rest is
+// read and checked.
+func slimPod(p *corev1.Pod) (*corev1.Pod, bool, error) {
+	p.ManagedFields = nil
+	p.Spec.Volumes = nil
+	for _, cs := range [][]corev1.Container{p.Spec.InitContainers, p.Spec.Containers} {
+		for i, c := range cs {
+			cs[i] = corev1.Container{Name: c.Name, Image: c.Image}
+		}
+	}
+	return p, true, nil
+}
+
+// load sets up the checks of the default control plane cp: its injector,
+// from its ConfigMaps and Deployment, and its mesh configuration.
+func (cl *clusterCheck) load(cp *install.ControlPlane) error {
 	var objs []*unstructured.Unstructured
 	for _, name := range []string{cp.Names().Injector, cp.Names().Mesh} {
-		cm, err := cl.c.Kube.CoreV1().ConfigMaps(istioNamespace).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return fmt.Errorf("get ConfigMap/%s/%s: %w", istioNamespace, name, err)
+		cm := cl.configMaps[name]
+		if cm == nil {
+			return fmt.Errorf("ConfigMap/%s/%s of istiod %s is not there: reinstall (kfistio install) or restore it", istioNamespace, name, cp.Deployment.Name)
 		}
 		objs = append(objs, typed(cm, "v1", "ConfigMap"))
 	}
@@ -159,42 +411,7 @@ func (cl *clusterCheck) load(ctx context.Context, cp *install.ControlPlane) erro
 	cl.injector = in
 	cl.release, cl.istiod = cp.Release, cp.Deployment.Name
 	cl.cni = injectorUsesCNI(objs[0])
-	if inv, err := (&install.Installer{Client: cl.c}).ReadInventory(ctx); err == nil {
-		cl.overlay = inv.Overlay
-	} else if !errors.Is(err, install.ErrNotInstalled) {
-		return err
-	}
-	cl.mesh = []*unstructured.Unstructured{objs[1]}
-	for _, gvr := range trafficResources {
-		items, err := cl.listCluster(ctx, gvr, "")
-		if err != nil {
-			return err
-		}
-		cl.mesh = append(cl.mesh, items...)
-	}
-	ds, err := cl.c.Kube.AppsV1().DaemonSets(cniNamespace).Get(ctx, cniDaemonSet, metav1.GetOptions{})
-	switch {
-	case err == nil:
-		cl.cniAgent = ds
-	case !apierrors.IsNotFound(err):
-		return fmt.Errorf("get DaemonSet/%s/%s: %w", cniNamespace, cniDaemonSet, err)
-	}
-	nodes, err := cl.c.Kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return fmt.Errorf("list nodes: %w", err)
-	}
-	cl.nodes = nodes.Items
-	namespaces, err := cl.c.Kube.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return fmt.Errorf("list namespaces: %w", err)
-	}
-	cl.namespaces = map[string]map[string]string{}
-	for _, n := range namespaces.Items {
-		cl.namespaces[n.Name] = n.Labels
-		if n.Labels[injectionLabel] == "enabled" || (n.Labels[revisionLabel] != "" && n.Labels[injectionLabel] != "disabled") {
-			cl.injected = append(cl.injected, n)
-		}
-	}
+	cl.mesh = append([]*unstructured.Unstructured{objs[1]}, cl.mesh...)
 	return nil
 }
 
@@ -206,26 +423,9 @@ func typed(o runtime.Object, apiVersion, kind string) *unstructured.Unstructured
 	return u
 }
 
-// routing checks the HTTP routes of the gateways (KF010, KF011) from the
-// Gateways, VirtualServices and gateway Deployments (labelled istio) of
-// every namespace.
-func (cl *clusterCheck) routing(ctx context.Context) error {
-	var objs []*unstructured.Unstructured
-	for _, q := range []struct {
-		gvr      schema.GroupVersionResource
-		selector string
-	}{
-		{schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "gateways"}, ""},
-		{schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "virtualservices"}, ""},
-		{schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "deployments"}, "istio"},
-	} {
-		items, err := cl.listCluster(ctx, q.gvr, q.selector)
-		if err != nil {
-			return err
-		}
-		objs = append(objs, items...)
-	}
-	cl.r.Findings = append(cl.r.Findings, routingFindings(objs, func(*unstructured.Unstructured) string { return "cluster" })...)
+// routing checks the HTTP routes of the gateways (KF010, KF011).
+func (cl *clusterCheck) routing(context.Context) error {
+	cl.r.Findings = append(cl.r.Findings, routingFindings(cl.routes, func(*unstructured.Unstructured) string { return "cluster" })...)
 	return nil
 }
 
@@ -255,43 +455,41 @@ func (cl *clusterCheck) listCluster(ctx context.Context, gvr schema.GroupVersion
 	return items, nil
 }
 
-// listEverywhere lists a resource in every namespace, in pages
-// (kube.ListAll). Where that is forbidden, it lists it namespace by
-// namespace in namespaces, and returns a note of those it could not read
-// either. A resource the API server does not serve has no objects.
-func listEverywhere[T runtime.Object](ctx context.Context, what string, list func(ns string) listFunc, namespaces []string) ([]T, string, error) {
-	items, err := kube.ListAll[T](ctx, list(""), metav1.ListOptions{})
+// listEverywhere lists a resource in every namespace, in pages, and
+// returns what keep makes of the items it keeps (kube.ListEach). Where that
+// is forbidden, it lists it namespace by namespace in namespaces(), and
+// returns those it could not read either. A resource the API server does
+// not serve has no objects.
+func listEverywhere[T runtime.Object, U any](ctx context.Context, what string, list func(ns string) listFunc, namespaces func() []string, keep func(T) (U, bool, error)) ([]U, []string, error) {
+	items, err := kube.ListEach(ctx, list(""), metav1.ListOptions{}, keep)
 	switch {
 	case apierrors.IsNotFound(err):
-		return nil, "", nil
+		return nil, nil, nil
 	case !apierrors.IsForbidden(err):
 		if err != nil {
-			return nil, "", fmt.Errorf("list %s: %w", what, err)
+			return nil, nil, fmt.Errorf("list %s: %w", what, err)
 		}
-		return items, "", nil
+		return items, nil, nil
 	}
 	var forbidden []string
-	for _, ns := range namespaces {
-		got, err := kube.ListAll[T](ctx, list(ns), metav1.ListOptions{})
+	for _, ns := range namespaces() {
+		got, err := kube.ListEach(ctx, list(ns), metav1.ListOptions{}, keep)
 		switch {
 		case apierrors.IsForbidden(err):
 			forbidden = append(forbidden, ns)
 		case err != nil:
-			return nil, "", fmt.Errorf("list %s in namespace %s: %w", what, ns, err)
+			return nil, nil, fmt.Errorf("list %s in namespace %s: %w", what, ns, err)
 		}
 		items = append(items, got...)
 	}
-	if len(forbidden) == 0 {
-		return items, "", nil
-	}
-	return items, fmt.Sprintf("%s: this user may not list them in every namespace, nor in namespaces %s, which are not checked for them",
-		what, strings.Join(forbidden, ", ")), nil
+	return items, forbidden, nil
 }
 
-// note adds note to the report, unless it is empty.
-func (cl *clusterCheck) note(note string) {
-	if note != "" {
-		cl.r.Notes = append(cl.r.Notes, note)
+// noteDenied notes the namespaces where this user may not list what.
+func (cl *clusterCheck) noteDenied(what string, namespaces []string) {
+	if len(namespaces) > 0 {
+		cl.r.Notes = append(cl.r.Notes, fmt.Sprintf("%s: this user may not list them in every namespace, nor in namespaces %s, which are not checked for them",
+			what, strings.Join(namespaces, ", ")))
 	}
 }
 
@@ -324,7 +522,7 @@ func injectorUsesCNI(cm *unstructured.Unstructured) bool {
 
 // cniReady checks that the CNI node agent is ready on every node that can run
 // pods: without it, pods on that node fail in istio-validation.
-func (cl *clusterCheck) cniReady(ctx context.Context) error {
+func (cl *clusterCheck) cniReady(context.Context) error {
 	if !cl.cni {
 		return nil
 	}
@@ -335,23 +533,25 @@ func (cl *clusterCheck) cniReady(ctx context.Context) error {
 			"install an overlay with CNI (kfistio install), or the insecure overlay on clusters without CNI support")
 		return nil
 	}
-	sel := labels.SelectorFromSet(ds.Spec.Selector.MatchLabels)
-	pods, err := cl.c.Kube.CoreV1().Pods(cniNamespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
-	if apierrors.IsForbidden(err) {
+	if slices.Contains(cl.podsDenied, cniNamespace) {
 		cl.r.Notes = append(cl.r.Notes, fmt.Sprintf("%s: this user may not list its pods in %s, so the CNI agent's readiness is not checked", dsKey, cniNamespace))
 		return nil
 	}
-	if err != nil {
-		return fmt.Errorf("list the pods of %s: %w", dsKey, err)
+	sel := labels.SelectorFromSet(ds.Spec.Selector.MatchLabels)
+	var pods []*corev1.Pod
+	for _, p := range cl.allPods {
+		if p.Namespace == cniNamespace && sel.Matches(labels.Set(p.Labels)) {
+			pods = append(pods, p)
+		}
 	}
 	for _, n := range cl.nodes {
 		if n.Spec.Unschedulable {
 			continue
 		}
 		var pod *corev1.Pod
-		for i := range pods.Items {
-			if pods.Items[i].Spec.NodeName == n.Name {
-				pod = &pods.Items[i]
+		for _, p := range pods {
+			if p.Spec.NodeName == n.Name {
+				pod = p
 			}
 		}
 		switch {
@@ -443,18 +643,7 @@ func nativeSidecarFinding(serverVersion, setting, istiod string) *Finding {
 
 // webhookCABundles checks that istiod filled the CA bundle of its webhooks;
 // without it the API server cannot call them.
-func (cl *clusterCheck) webhookCABundles(ctx context.Context) error {
-	// The injector's configuration is labelled app=sidecar-injector, the
-	// validator's app=istiod.
-	sel := metav1.ListOptions{LabelSelector: "app in (istiod,sidecar-injector)"}
-	mw, err := cl.c.Kube.AdmissionregistrationV1().MutatingWebhookConfigurations().List(ctx, sel)
-	if err != nil {
-		return fmt.Errorf("list MutatingWebhookConfigurations: %w", err)
-	}
-	vw, err := cl.c.Kube.AdmissionregistrationV1().ValidatingWebhookConfigurations().List(ctx, sel)
-	if err != nil {
-		return fmt.Errorf("list ValidatingWebhookConfigurations: %w", err)
-	}
+func (cl *clusterCheck) webhookCABundles(context.Context) error {
 	report := func(kind, name string, empty []string) {
 		if len(empty) > 0 {
 			cl.add(WebhookCABundle, Error, object.KeyOf(kind, "", name),
@@ -462,12 +651,12 @@ func (cl *clusterCheck) webhookCABundles(ctx context.Context) error {
 				"check istiod's logs and readiness (kubectl logs -n istio-system deploy/istiod); once istiod may update the webhook again (its ClusterRole), restart it (kubectl rollout restart -n istio-system deploy/istiod): istiod does not retry an update that was refused")
 		}
 	}
-	for _, w := range mw.Items {
+	for _, w := range cl.mutating {
 		report("MutatingWebhookConfiguration", w.Name, withoutCABundle(w.Webhooks, func(h admissionv1.MutatingWebhook) (string, []byte) {
 			return h.Name, h.ClientConfig.CABundle
 		}))
 	}
-	for _, w := range vw.Items {
+	for _, w := range cl.validating {
 		report("ValidatingWebhookConfiguration", w.Name, withoutCABundle(w.Webhooks, func(h admissionv1.ValidatingWebhook) (string, []byte) {
 			return h.Name, h.ClientConfig.CABundle
 		}))
@@ -507,16 +696,9 @@ func (cl *clusterCheck) namespaceLevels(ctx context.Context) error {
 // pods checks running pods: proxies of another release than istiod, and pods
 // stuck in Istio's init containers.
 func (cl *clusterCheck) pods(ctx context.Context) error {
-	pods, note, err := listEverywhere[*corev1.Pod](ctx, "Pods", func(ns string) listFunc {
-		return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			return cl.c.Kube.CoreV1().Pods(ns).List(ctx, o)
-		}
-	}, slices.Sorted(maps.Keys(cl.namespaces)))
-	if err != nil {
-		return err
-	}
-	cl.note(note)
-	stale, err := (&owners{c: cl.c}).stale(ctx, values(pods), cl.release)
+	pods := cl.allPods
+	cl.noteDenied("Pods", cl.podsDenied)
+	stale, err := (&owners{c: cl.c}).stale(ctx, pods, cl.release)
 	if err != nil {
 		return err
 	}
@@ -557,43 +739,11 @@ func (cl *clusterCheck) pods(ctx context.Context) error {
 
 // workloads runs the workload checks on what runs in injected namespaces,
 // with the cluster's injector.
-func (cl *clusterCheck) workloads(ctx context.Context) error {
+func (cl *clusterCheck) workloads(context.Context) error {
 	file := &File{Path: "cluster"}
-	kinds := []schema.GroupVersionResource{
-		{Group: "apps", Version: "v1", Resource: "deployments"},
-		{Group: "apps", Version: "v1", Resource: "statefulsets"},
-		{Group: "apps", Version: "v1", Resource: "daemonsets"},
-		{Group: "batch", Version: "v1", Resource: "jobs"},
-		{Group: "batch", Version: "v1", Resource: "cronjobs"},
-		{Group: "serving.kserve.io", Version: "v1beta1", Resource: "inferenceservices"},
-		{Group: "kubeflow.org", Version: "v1", Resource: "notebooks"},
-	}
-	injected := map[string]bool{}
-	var names []string
-	for _, n := range cl.injected {
-		injected[n.Name] = true
-		names = append(names, n.Name)
-	}
-	// One LIST of each kind in every namespace, all at once.
-	lists := make([][]*unstructured.Unstructured, len(kinds))
-	notes := make([]string, len(kinds))
-	g, gctx := errgroup.WithContext(ctx)
-	for i, gvr := range kinds {
-		g.Go(func() error {
-			var err error
-			lists[i], notes[i], err = listEverywhere[*unstructured.Unstructured](gctx, kindName(gvr), cl.dynamicList(gvr), names)
-			return err
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	for i, list := range lists {
-		cl.note(notes[i])
+	for i, list := range cl.workloadsOf {
+		cl.noteDenied(kindName(workloadKinds[i].gvr()), cl.workloadsDenied[i])
 		for _, o := range list {
-			if !injected[o.GetNamespace()] || len(o.GetOwnerReferences()) > 0 && kinds[i].Resource == "jobs" {
-				continue // not injected, or a CronJob's job: its CronJob is checked
-			}
 			file.Docs = append(file.Docs, &Document{Source: "cluster", Object: o})
 		}
 	}

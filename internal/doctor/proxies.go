@@ -50,14 +50,14 @@ func StaleProxies(ctx context.Context, c *kube.Client, release string) ([]StaleW
 	if err != nil {
 		return nil, fmt.Errorf("list pods: %w", err)
 	}
-	return (&owners{c: c}).stale(ctx, values(pods), release)
+	return (&owners{c: c}).stale(ctx, pods, release)
 }
 
-// values is the values ps point to.
-func values[T any](ps []*T) []T {
-	out := make([]T, len(ps))
-	for i, p := range ps {
-		out[i] = *p
+// pointers points to each of vs.
+func pointers[T any](vs []T) []*T {
+	out := make([]*T, len(vs))
+	for i := range vs {
+		out[i] = &vs[i]
 	}
 	return out
 }
@@ -66,7 +66,7 @@ func values[T any](ps []*T) []T {
 // whose pods run a proxy (sidecar or gateway) of the control plane revision
 // rev, sorted; Proxy says the release they run.
 func ProxiesOf(ctx context.Context, c *kube.Client, pods []corev1.Pod, rev string) ([]StaleWorkload, error) {
-	return (&owners{c: c}).group(ctx, pods, func(p *corev1.Pod) (string, bool) {
+	return (&owners{c: c}).group(ctx, pointers(pods), func(p *corev1.Pod) (string, bool) {
 		tag, ok := proxyRelease(p)
 		return tag, ok && PodRevision(p) == rev && p.DeletionTimestamp == nil
 	})
@@ -110,7 +110,7 @@ type owners struct {
 	listed      map[string]bool
 }
 
-func (o *owners) stale(ctx context.Context, pods []corev1.Pod, release string) ([]StaleWorkload, error) {
+func (o *owners) stale(ctx context.Context, pods []*corev1.Pod, release string) ([]StaleWorkload, error) {
 	return o.group(ctx, pods, func(p *corev1.Pod) (string, bool) {
 		tag, ok := proxyRelease(p)
 		return tag, ok && release != "" && tag != release
@@ -119,10 +119,9 @@ func (o *owners) stale(ctx context.Context, pods []corev1.Pod, release string) (
 
 // group returns, by workload, the pods for which pick returns true, with
 // the proxy release it returns.
-func (o *owners) group(ctx context.Context, pods []corev1.Pod, pick func(*corev1.Pod) (string, bool)) ([]StaleWorkload, error) {
+func (o *owners) group(ctx context.Context, pods []*corev1.Pod, pick func(*corev1.Pod) (string, bool)) ([]StaleWorkload, error) {
 	byWorkload := map[string]*StaleWorkload{}
-	for i := range pods {
-		p := &pods[i]
+	for _, p := range pods {
 		tag, ok := pick(p)
 		if !ok {
 			continue

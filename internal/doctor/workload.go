@@ -339,13 +339,18 @@ func (c *checker) inject(pod *unstructured.Unstructured) (*corev1.PodTemplateSpe
 	return tpl.DeepCopy(), nil
 }
 
-// injectionKey is pod without its name and namespace.
+// injectionKey is pod without its name and namespace; the pod is not
+// copied, only the maps on the way to what is left out.
 func injectionKey(pod *unstructured.Unstructured) (string, error) {
-	anon := pod.DeepCopy()
-	anon.SetName("")
-	anon.SetGenerateName("")
-	anon.SetNamespace("")
-	b, err := json.Marshal(anon.Object)
+	anon := maps.Clone(pod.Object)
+	if md, ok := anon["metadata"].(map[string]any); ok {
+		md = maps.Clone(md)
+		delete(md, "name")
+		delete(md, "generateName")
+		delete(md, "namespace")
+		anon["metadata"] = md
+	}
+	b, err := json.Marshal(anon)
 	return string(b), err
 }
 

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"golang.org/x/sync/errgroup"
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -44,9 +45,24 @@ var injectionEnabled = labels.Set{inject.InjectionLabel: "enabled"}
 // at each and which one injects istio-injection=enabled namespaces, as the
 // mutating webhooks say.
 func (in *Installer) ControlPlanes(ctx context.Context) ([]ControlPlane, error) {
-	ds, err := in.Client.Kube.AppsV1().Deployments(revision.Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app=istiod"})
-	if err != nil {
-		return nil, fmt.Errorf("list the istiod Deployments of %s: %w", revision.Namespace, err)
+	// Both at once: on a remote cluster, one round trip.
+	var ds *appsv1.DeploymentList
+	var hooks *admissionv1.MutatingWebhookConfigurationList
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() (err error) {
+		if ds, err = in.Client.Kube.AppsV1().Deployments(revision.Namespace).List(gctx, metav1.ListOptions{LabelSelector: "app=istiod"}); err != nil {
+			return fmt.Errorf("list the istiod Deployments of %s: %w", revision.Namespace, err)
+		}
+		return nil
+	})
+	g.Go(func() (err error) {
+		if hooks, err = in.Client.Kube.AdmissionregistrationV1().MutatingWebhookConfigurations().List(gctx, metav1.ListOptions{LabelSelector: revision.Label}); err != nil {
+			return fmt.Errorf("list MutatingWebhookConfigurations: %w", err)
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return nil, err
 	}
 	var cps []ControlPlane
 	for i := range ds.Items {
@@ -59,10 +75,6 @@ func (in *Installer) ControlPlanes(ctx context.Context) ([]ControlPlane, error) 
 		cps = append(cps, cp)
 	}
 	slices.SortFunc(cps, func(a, b ControlPlane) int { return strings.Compare(a.Revision, b.Revision) })
-	hooks, err := in.Client.Kube.AdmissionregistrationV1().MutatingWebhookConfigurations().List(ctx, metav1.ListOptions{LabelSelector: revision.Label})
-	if err != nil {
-		return nil, fmt.Errorf("list MutatingWebhookConfigurations: %w", err)
-	}
 	for _, h := range hooks.Items {
 		i := slices.IndexFunc(cps, func(cp ControlPlane) bool { return cp.Revision == h.Labels[revision.Label] })
 		if i < 0 {
