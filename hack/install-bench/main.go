@@ -29,6 +29,8 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/kubeflow/kfistio/internal/build"
@@ -71,6 +73,145 @@ type result struct {
 	what     string
 	took     time.Duration
 	requests string
+	// detail are lines printed under it.
+	detail []string
+}
+
+// stepTimes records when each step of an install ended, from its start.
+type stepTimes struct {
+	start time.Time
+	lines []string
+}
+
+func (s *stepTimes) record(e install.Event) {
+	if e.Done {
+		s.lines = append(s.lines, fmt.Sprintf("%6.2fs  %s", time.Since(s.start).Seconds(), e.Step))
+	}
+}
+
+// podTimes are when each pod of istio-system and kube-system was first
+// seen, and first seen ready, polled every 100 ms.
+type podTimes struct {
+	// Written by the poller, read once it is stopped.
+	seen, ready map[string]time.Time
+	cancel      context.CancelFunc
+	done        chan struct{}
+}
+
+// watchPods polls with a client of its own, whose requests the install's
+// are not counted with.
+func watchPods(ctx context.Context, kubeconfig string) (*podTimes, error) {
+	c, err := kube.Connect(ctx, kube.Options{Kubeconfig: kubeconfig})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	p := &podTimes{seen: map[string]time.Time{}, ready: map[string]time.Time{}, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		for ctx.Err() == nil {
+			for _, ns := range []string{"istio-system", "kube-system"} {
+				list, err := c.Kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+				if err != nil {
+					continue
+				}
+				now := time.Now()
+				for _, pod := range list.Items {
+					name := ns + "/" + pod.Name
+					if _, ok := p.seen[name]; !ok {
+						p.seen[name] = now
+					}
+					for _, c := range pod.Status.Conditions {
+						if _, ok := p.ready[name]; !ok && c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+							p.ready[name] = now
+						}
+					}
+				}
+			}
+			if _, ok := p.seen[caBundles]; !ok && bundlesWritten(ctx, c) {
+				p.seen[caBundles] = time.Now()
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	return p, nil
+}
+
+// caBundles is when istiod had written the CA bundle of every webhook, in
+// podTimes.seen.
+const caBundles = "CA bundles"
+
+// bundlesWritten reports whether istiod's webhooks exist, each with a CA
+// bundle.
+func bundlesWritten(ctx context.Context, c *kube.Client) bool {
+	sel := metav1.ListOptions{LabelSelector: "app in (istiod,sidecar-injector)"}
+	mw, err := c.Kube.AdmissionregistrationV1().MutatingWebhookConfigurations().List(ctx, sel)
+	if err != nil || len(mw.Items) == 0 {
+		return false
+	}
+	vw, err := c.Kube.AdmissionregistrationV1().ValidatingWebhookConfigurations().List(ctx, sel)
+	if err != nil || len(vw.Items) == 0 {
+		return false
+	}
+	for _, w := range mw.Items {
+		for _, h := range w.Webhooks {
+			if len(h.ClientConfig.CABundle) == 0 {
+				return false
+			}
+		}
+	}
+	for _, w := range vw.Items {
+		for _, h := range w.Webhooks {
+			if len(h.ClientConfig.CABundle) == 0 {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (p *podTimes) stop() {
+	p.cancel()
+	<-p.done
+}
+
+// floor is what no installer can shorten, of an install that took took:
+// istiod's start-up, from its pod first seen to the CA bundles of its
+// webhooks written (the gateways' pods need its injector), then the
+// gateway pods', from first seen to ready.
+func (p *podTimes) floor(took time.Duration) []string {
+	first := func(prefix string) (time.Time, time.Time) {
+		var seen, ready time.Time
+		for name, t := range p.seen {
+			if !strings.HasPrefix(name, prefix) {
+				continue
+			}
+			if seen.IsZero() || t.Before(seen) {
+				seen = t
+			}
+			if r := p.ready[name]; r.After(ready) {
+				ready = r
+			}
+		}
+		return seen, ready
+	}
+	istiod, _ := first("istio-system/istiod-")
+	bundles := p.seen[caBundles]
+	var gateways time.Duration
+	for _, g := range []string{"istio-system/cluster-local-gateway-", "istio-system/istio-ingressgateway-"} {
+		if seen, ready := first(g); !seen.IsZero() && ready.After(seen) {
+			gateways = max(gateways, ready.Sub(seen))
+		}
+	}
+	if istiod.IsZero() || bundles.IsZero() {
+		return []string{"istiod's start-up was not seen"}
+	}
+	start := bundles.Sub(istiod)
+	floor := start + gateways
+	return []string{
+		fmt.Sprintf("istiod's start-up, its pod first seen to its CA bundles written: %.2fs; gateway pods, first seen to ready: %.2fs", start.Seconds(), gateways.Seconds()),
+		fmt.Sprintf("floor: %.2fs of %.2fs; the rest, %.2fs, is requests and the waits' polls", floor.Seconds(), took.Seconds(), (took - floor).Seconds()),
+	}
 }
 
 func (b *bench) run(delays []time.Duration) error {
@@ -107,6 +248,9 @@ func (b *bench) run(delays []time.Duration) error {
 				ratio = fmt.Sprintf("%.2fx", r.took.Seconds()/kc[i].took.Seconds())
 			}
 			fmt.Printf("  %-28s %8.2fs %6s  %s\n", r.what, r.took.Seconds(), ratio, r.requests)
+			for _, d := range r.detail {
+				fmt.Printf("      %s\n", d)
+			}
 		}
 		for _, r := range kc {
 			fmt.Printf("  %-28s %8.2fs %6s  %s\n", r.what, r.took.Seconds(), "", r.requests)
@@ -137,13 +281,37 @@ func (b *bench) kfistio(kubeconfig string, objs []*unstructured.Unstructured) ([
 		if err := fn(in); err != nil {
 			return fmt.Errorf("%s: %w", what, err)
 		}
-		out = append(out, result{what, time.Since(start), fmt.Sprintf("%s (writes: %d)", counter, counter.Writes())})
+		out = append(out, result{what: what, took: time.Since(start), requests: fmt.Sprintf("%s (writes: %d)", counter, counter.Writes())})
 		return nil
 	}
 	o := install.Options{Installation: b.inst, Objects: objs, Timeout: 5 * time.Minute, Version: "bench"}
 	for _, what := range []string{"kfistio install", "kfistio install (unchanged)"} {
-		if err := step(what, func(in *install.Installer) error { _, err := in.Install(ctx, o); return err }); err != nil {
+		first := what == "kfistio install"
+		var steps *stepTimes
+		var pods *podTimes
+		if first {
+			var err error
+			if pods, err = watchPods(ctx, kubeconfig); err != nil {
+				return nil, err
+			}
+		}
+		err := step(what, func(in *install.Installer) error {
+			if first {
+				steps = &stepTimes{start: time.Now()}
+				in.Progress = steps.record
+			}
+			_, err := in.Install(ctx, o)
+			return err
+		})
+		if err != nil {
+			if pods != nil {
+				pods.stop()
+			}
 			return nil, err
+		}
+		if first {
+			pods.stop()
+			out[len(out)-1].detail = append(steps.lines, pods.floor(out[len(out)-1].took)...)
 		}
 	}
 	err := step("kfistio status", func(in *install.Installer) error {
@@ -223,7 +391,7 @@ func (b *bench) kubectl(kubeconfig string) ([]result, error) {
 				time.Sleep(b.retry)
 			}
 		}
-		out = append(out, result{what, time.Since(start), fmt.Sprintf("%s (%d applies retried)", countKubectl(log.String()), retries)})
+		out = append(out, result{what: what, took: time.Since(start), requests: fmt.Sprintf("%s (%d applies retried)", countKubectl(log.String()), retries)})
 	}
 	return out, nil
 }

@@ -466,8 +466,7 @@ func (f *flux) deleteAll(t *testing.T) {
 	// does not hold, and the controller does not prune them: delete them,
 	// or the next installation finds them owned by another field manager.
 	for _, k := range list.Items {
-		p, _, _ := unstructured.NestedString(k.Object, "spec", "path")
-		dir, ok := strings.CutPrefix(p, "./"+build.KubeflowPath+"/")
+		dir, ok := treeDir(&k)
 		if !ok {
 			continue
 		}
@@ -570,13 +569,19 @@ func (f *flux) get(name string) (*unstructured.Unstructured, error) {
 	return f.c.Dynamic.Resource(kustomizationsGVR).Namespace(fluxNamespace).Get(context.Background(), name, metav1.GetOptions{})
 }
 
+// treeDir is the directory of the tree that Kustomization k applies, if it
+// applies one.
+func treeDir(k *unstructured.Unstructured) (string, bool) {
+	p, _, _ := unstructured.NestedString(k.Object, "spec", "path")
+	return strings.CutPrefix(p, "./"+build.KubeflowPath+"/")
+}
+
 // checkInventories checks that each Kustomization of the tree records in
 // its inventory exactly the objects of its directory's build.
 func (f *flux) checkInventories(t *testing.T, ks []*unstructured.Unstructured) {
 	t.Helper()
 	for _, k := range ks {
-		p, _, _ := unstructured.NestedString(k.Object, "spec", "path")
-		dir, ok := strings.CutPrefix(p, "./"+build.KubeflowPath+"/")
+		dir, ok := treeDir(k)
 		if !ok {
 			continue
 		}
