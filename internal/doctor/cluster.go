@@ -85,7 +85,7 @@ func CheckCluster(ctx context.Context, c *kube.Client, suppress []Suppression) (
 		}
 		return &Report{Findings: []Finding{f}, Checked: 1}, nil
 	}
-	if err := cl.load(cp); err != nil {
+	if err := cl.load(ctx, cp); err != nil {
 		return nil, err
 	}
 	for _, check := range []func(context.Context) error{
@@ -240,7 +240,21 @@ var routeQueries = []struct {
 // not list a kind in every namespace, it is listed namespace by namespace
 // once the namespaces are read.
 func (cl *clusterCheck) read(ctx context.Context) error {
-	g, ctx := errgroup.WithContext(ctx)
+	// The control planes decide whether the rest matters: without a default
+	// one, doctor reports that, stops the other reads and ignores how they
+	// failed.
+	rest, stop := context.WithCancel(ctx)
+	defer stop()
+	planes := make(chan error, 1)
+	go func(ctx context.Context) {
+		var err error
+		cl.controlPlanes, err = (&install.Installer{Client: cl.c}).ControlPlanes(ctx)
+		if err == nil && install.DefaultControlPlane(cl.controlPlanes) == nil {
+			stop()
+		}
+		planes <- err
+	}(ctx)
+	g, ctx := errgroup.WithContext(rest)
 	// Closed when the namespaces are read, or could not be; then these
 	// return their names, and the injected ones by name.
 	namespacesRead := make(chan struct{})
@@ -271,12 +285,11 @@ func (cl *clusterCheck) read(ctx context.Context) error {
 		}
 		return nil
 	})
-	g.Go(func() (err error) {
-		cl.controlPlanes, err = (&install.Installer{Client: cl.c}).ControlPlanes(ctx)
-		return err
-	})
 	g.Go(func() error {
 		cms, err := cl.c.Kube.CoreV1().ConfigMaps(istioNamespace).List(ctx, metav1.ListOptions{})
+		if apierrors.IsForbidden(err) {
+			return nil // load gets the two it needs by name
+		}
 		if err != nil {
 			return fmt.Errorf("list the ConfigMaps of %s: %w", istioNamespace, err)
 		}
@@ -369,7 +382,14 @@ func (cl *clusterCheck) read(ctx context.Context) error {
 			return err
 		})
 	}
-	if err := g.Wait(); err != nil {
+	err := g.Wait()
+	if err := <-planes; err != nil {
+		return err
+	}
+	if install.DefaultControlPlane(cl.controlPlanes) == nil {
+		return nil
+	}
+	if err != nil {
 		return err
 	}
 	cl.mesh = slices.Concat(traffic...)
@@ -394,10 +414,21 @@ func slimPod(p *corev1.Pod) (*corev1.Pod, bool, error) {
 
 // load sets up the checks of the default control plane cp: its injector,
 // from its ConfigMaps and Deployment, and its mesh configuration.
-func (cl *clusterCheck) load(cp *install.ControlPlane) error {
+func (cl *clusterCheck) load(ctx context.Context, cp *install.ControlPlane) error {
 	var objs []*unstructured.Unstructured
 	for _, name := range []string{cp.Names().Injector, cp.Names().Mesh} {
 		cm := cl.configMaps[name]
+		if cl.configMaps == nil {
+			// This user may not list them: get them by name.
+			var err error
+			cm, err = cl.c.Kube.CoreV1().ConfigMaps(istioNamespace).Get(ctx, name, metav1.GetOptions{})
+			switch {
+			case apierrors.IsNotFound(err):
+				cm = nil
+			case err != nil:
+				return fmt.Errorf("get ConfigMap/%s/%s: %w", istioNamespace, name, err)
+			}
+		}
 		if cm == nil {
 			return fmt.Errorf("ConfigMap/%s/%s of istiod %s is not there: reinstall (kfistio install) or restore it", istioNamespace, name, cp.Deployment.Name)
 		}

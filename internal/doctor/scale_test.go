@@ -156,29 +156,11 @@ func TestClusterForbiddenNamespaces(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	read := []string{"get", "list", "watch"}
-	role := &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: "kfistio-test-no-pods"},
-		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"namespaces", "nodes", "configmaps", "services", "endpoints", "serviceaccounts", "secrets"}, Verbs: read},
-			{APIGroups: []string{"apps", "batch", "admissionregistration.k8s.io", "apiextensions.k8s.io", "networking.istio.io", "security.istio.io",
-				"telemetry.istio.io", "extensions.istio.io", "serving.kserve.io", "kubeflow.org", "discovery.k8s.io", "coordination.k8s.io"}, Resources: []string{"*"}, Verbs: read},
-		},
-	}
+	kubeconfig := userKubeconfig(t, "auditor", append(readAllBut("pods"),
+		rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: readVerbs}))
 	rbac := client.Kube.RbacV1()
-	if _, err := rbac.ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = rbac.ClusterRoles().Delete(context.Background(), role.Name, metav1.DeleteOptions{}) })
 	user := []rbacv1.Subject{{Kind: "User", Name: "auditor", APIGroup: rbacv1.GroupName}}
-	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: role.Name}, Subjects: user,
-		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name}}
-	if _, err := rbac.ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = rbac.ClusterRoleBindings().Delete(context.Background(), binding.Name, metav1.DeleteOptions{})
-	})
+	read := readVerbs
 	// Pods of audited-a only.
 	podReader := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "pods", Namespace: "audited-a"},
 		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: read}}}
@@ -188,10 +170,6 @@ func TestClusterForbiddenNamespaces(t *testing.T) {
 	rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "pods", Namespace: "audited-a"}, Subjects: user,
 		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "pods"}}
 	if _, err := rbac.RoleBindings("audited-a").Create(ctx, rb, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig, err := cluster.UserKubeconfig("auditor")
-	if err != nil {
 		t.Fatal(err)
 	}
 	sync := analyzerSync
@@ -216,4 +194,83 @@ func TestClusterForbiddenNamespaces(t *testing.T) {
 	if !strings.Contains(notes, "Istio's analyzers did not run") {
 		t.Errorf("no note that Istio's analyzers did not run:\n%s", notes)
 	}
+}
+
+// readVerbs are the verbs of reading.
+var readVerbs = []string{"get", "list", "watch"}
+
+// readAllBut are rules that let a user read what doctor and Istio's
+// analyzers read, but the core kinds named (and ConfigMaps, which callers
+// grant as they need).
+func readAllBut(core ...string) []rbacv1.PolicyRule {
+	var kinds []string
+	for _, k := range []string{"namespaces", "nodes", "pods", "services", "endpoints", "serviceaccounts", "secrets"} {
+		if !slices.Contains(core, k) {
+			kinds = append(kinds, k)
+		}
+	}
+	return []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: kinds, Verbs: readVerbs},
+		{APIGroups: []string{"apps", "batch", "admissionregistration.k8s.io", "apiextensions.k8s.io", "networking.istio.io", "security.istio.io",
+			"telemetry.istio.io", "extensions.istio.io", "serving.kserve.io", "kubeflow.org", "discovery.k8s.io", "coordination.k8s.io"}, Resources: []string{"*"}, Verbs: readVerbs},
+	}
+}
+
+// userKubeconfig binds a ClusterRole of rules to user until the test ends,
+// and returns the user's kubeconfig.
+func userKubeconfig(t *testing.T, user string, rules []rbacv1.PolicyRule) string {
+	t.Helper()
+	ctx := context.Background()
+	rbac := client.Kube.RbacV1()
+	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "kfistio-test-" + user}, Rules: rules}
+	if _, err := rbac.ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rbac.ClusterRoles().Delete(context.Background(), role.Name, metav1.DeleteOptions{}) })
+	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: role.Name},
+		Subjects: []rbacv1.Subject{{Kind: "User", Name: user, APIGroup: rbacv1.GroupName}},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name}}
+	if _, err := rbac.ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = rbac.ClusterRoleBindings().Delete(context.Background(), binding.Name, metav1.DeleteOptions{})
+	})
+	kubeconfig, err := cluster.UserKubeconfig(user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kubeconfig
+}
+
+// Before istiod is installed, a user who may read little more than
+// istiod's Deployments and webhooks hears that it is not installed (KF100),
+// not how the other reads failed. Once it is, a user who may get
+// istio-system's ConfigMaps by name but not list them gets the cluster
+// findings an administrator gets.
+func TestClusterNarrowUsers(t *testing.T) {
+	liveCluster(t)
+	planesOnly := userKubeconfig(t, "planes-only", []rbacv1.PolicyRule{
+		{APIGroups: []string{"apps"}, Resources: []string{"deployments"}, Verbs: readVerbs},
+		{APIGroups: []string{"admissionregistration.k8s.io"}, Resources: []string{"mutatingwebhookconfigurations"}, Verbs: readVerbs},
+	})
+	if r, _ := checkAs(t, planesOnly); !slices.Equal(ids(r), []string{NoControlPlane + " Deployment/istio-system/istiod"}) {
+		t.Errorf("before install, as a user who may read only the control planes: %v, want KF100 alone", ids(r))
+	}
+	installed(t)
+	sync := analyzerSync
+	analyzerSync = 5 * time.Second
+	t.Cleanup(func() { analyzerSync = sync })
+	getOnly := userKubeconfig(t, "configmaps-by-name", append(readAllBut(),
+		rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get"}}))
+	want := clusterIDs(check(t))
+	if got, _ := checkAs(t, getOnly); !slices.Equal(clusterIDs(got), want) {
+		t.Errorf("as a user who may only get ConfigMaps: %v, want %v", clusterIDs(got), want)
+	}
+}
+
+// clusterIDs are the ids of r's findings of doctor's own checks (KF), not
+// Istio's analyzers'.
+func clusterIDs(r *Report) []string {
+	return slices.DeleteFunc(ids(r), func(id string) bool { return !strings.HasPrefix(id, "KF") })
 }

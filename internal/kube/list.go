@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -40,13 +41,26 @@ func ListEach[T runtime.Object, U any](ctx context.Context, list func(context.Co
 		}
 		return err
 	}
-	p := pager.New(pager.SimplePageFunc(func(o metav1.ListOptions) (runtime.Object, error) { return list(ctx, o) }))
+	// Whether a page went on with a continue token: only then can a token
+	// have expired (the pager reads pages on a goroutine of its own).
+	var continued atomic.Bool
+	p := pager.New(pager.SimplePageFunc(func(o metav1.ListOptions) (runtime.Object, error) {
+		if o.Continue != "" {
+			continued.Store(true)
+			// A continued LIST takes its version from the token.
+			o.ResourceVersion, o.ResourceVersionMatch = "", ""
+		}
+		return list(ctx, o)
+	}))
 	p.PageSize = PageSize
 	// The next page is read while this one is kept, no further ahead.
 	p.PageBufferSize = 1
 	err := p.EachListItem(ctx, opts, each)
-	if !apierrors.IsResourceExpired(err) {
-		return out, err
+	switch {
+	case err == nil:
+		return out, nil
+	case !apierrors.IsResourceExpired(err) || !continued.Load():
+		return nil, err
 	}
 	out = nil
 	full := opts
