@@ -151,7 +151,7 @@ func (in *Installer) customResources(ctx context.Context, snap *Snapshot, refs [
 // WaitGone waits until refs no longer exist, whoever manages them, listing
 // them by kind and namespace.
 func (in *Installer) WaitGone(ctx context.Context, refs []Ref, timeout time.Duration) error {
-	deadline, delays := time.Now().Add(timeout), polls()
+	deadline := time.Now().Add(timeout)
 	objs := Stubs(refs)
 	for {
 		snap, err := in.Snapshot(ctx, objs)
@@ -173,7 +173,7 @@ func (in *Installer) WaitGone(ctx context.Context, refs []Ref, timeout time.Dura
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(delays.Step()):
+		case <-time.After(pollInterval):
 		}
 	}
 }

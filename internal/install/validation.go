@@ -79,7 +79,7 @@ func (in *Installer) probeValidator(ctx context.Context, rev string) error {
 
 // waitValidator waits until the validator of revision rev refuses the probe.
 func (in *Installer) waitValidator(ctx context.Context, what, rev string, timeout time.Duration) error {
-	deadline, delays := time.Now().Add(timeout), polls()
+	deadline := time.Now().Add(timeout)
 	for {
 		// A poll: each answer counts, none is retried.
 		err := in.probeValidator(ctx, rev)
@@ -99,7 +99,7 @@ func (in *Installer) waitValidator(ctx context.Context, what, rev string, timeou
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%s: %w", what, ctx.Err())
-		case <-time.After(delays.Step()):
+		case <-time.After(pollInterval):
 		}
 	}
 }

@@ -3,7 +3,6 @@ package install
 import (
 	"context"
 	"fmt"
-	"math"
 	"sort"
 	"strings"
 	"time"
@@ -12,7 +11,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 
 	"github.com/kubeflow/kfistio/internal/object"
@@ -75,12 +73,7 @@ func readiness(o *unstructured.Unstructured) (*status.Result, error) {
 	return status.Compute(o)
 }
 
-// polls returns the delays between the polls of one wait: short at first,
-// when what is awaited is often about to be ready (istiod writes its CA
-// bundles within a second of starting), then every half second.
-func polls() *wait.Backoff {
-	return &wait.Backoff{Duration: 100 * time.Millisecond, Factor: 2, Steps: math.MaxInt32, Cap: 500 * time.Millisecond}
-}
+const pollInterval = 500 * time.Millisecond
 
 // Wait polls the objects of objs worth waiting for (workloads, CRDs,
 // webhook configurations) until kstatus says each is Current, or timeout
@@ -106,7 +99,7 @@ func (in *Installer) wait(ctx context.Context, what string, objs []*unstructured
 	if len(pending) == 0 {
 		return nil
 	}
-	deadline, delays := time.Now().Add(timeout), polls()
+	deadline := time.Now().Add(timeout)
 	last := map[string]*status.Result{}
 	lastObj := map[string]*unstructured.Unstructured{}
 	for {
@@ -150,7 +143,7 @@ func (in *Installer) wait(ctx context.Context, what string, objs []*unstructured
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%s: %w", what, ctx.Err())
-		case <-time.After(delays.Step()):
+		case <-time.After(pollInterval):
 		}
 	}
 	e := &NotReadyError{What: what, Timeout: timeout}
