@@ -8,7 +8,6 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	"sync"
 
 	"golang.org/x/sync/errgroup"
 	admissionv1 "k8s.io/api/admissionregistration/v1"
@@ -258,17 +257,14 @@ func (cl *clusterCheck) read(ctx context.Context) error {
 	// Closed when the namespaces are read, or could not be; then these
 	// return their names, and the injected ones by name.
 	namespacesRead := make(chan struct{})
+	injectedSet := map[string]bool{}
 	allNamespaces := func() []string {
 		<-namespacesRead
 		return slices.Sorted(maps.Keys(cl.namespaces))
 	}
 	injectedNamespaces := func() map[string]bool {
 		<-namespacesRead
-		injected := map[string]bool{}
-		for _, n := range cl.injected {
-			injected[n.Name] = true
-		}
-		return injected
+		return injectedSet
 	}
 	g.Go(func() error {
 		defer close(namespacesRead)
@@ -281,6 +277,7 @@ func (cl *clusterCheck) read(ctx context.Context) error {
 			cl.namespaces[n.Name] = n.Labels
 			if n.Labels[injectionLabel] == "enabled" || (n.Labels[revisionLabel] != "" && n.Labels[injectionLabel] != "disabled") {
 				cl.injected = append(cl.injected, n)
+				injectedSet[n.Name] = true
 			}
 		}
 		return nil
@@ -369,9 +366,8 @@ func (cl *clusterCheck) read(ctx context.Context) error {
 			list = func(ns string) listFunc { return k.typed(cl.c.Kube, ns) }
 		}
 		g.Go(func() (err error) {
-			injected := sync.OnceValue(injectedNamespaces)
-			names := func() []string { return slices.Sorted(maps.Keys(injected())) }
-			cl.workloadsOf[i], cl.workloadsDenied[i], err = listEverywhere(ctx, kindName(k.gvr()), list, names, k.keep(injected))
+			names := func() []string { return slices.Sorted(maps.Keys(injectedNamespaces())) }
+			cl.workloadsOf[i], cl.workloadsDenied[i], err = listEverywhere(ctx, kindName(k.gvr()), list, names, k.keep(injectedNamespaces))
 			return err
 		})
 	}
