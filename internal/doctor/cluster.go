@@ -169,8 +169,9 @@ func (k workloadKind) gvr() schema.GroupVersionResource {
 // keep returns what the workload checks read of an object of kind k, and
 // whether they read it: an object of an injected namespace (of
 // injected()), as unstructured, but not a CronJob's Job (its CronJob is
-// checked). What is converted loses its managedFields and status, which no
-// check reads.
+// checked). What is kept loses its managedFields, the copy of itself that
+// kubectl apply writes in an annotation, and (built-in kinds) its status:
+// no check reads them.
 func (k workloadKind) keep(injected func() map[string]bool) func(runtime.Object) (*unstructured.Unstructured, bool, error) {
 	return func(o runtime.Object) (*unstructured.Unstructured, bool, error) {
 		m, err := meta.Accessor(o)
@@ -180,9 +181,13 @@ func (k workloadKind) keep(injected func() map[string]bool) func(runtime.Object)
 		if !injected()[m.GetNamespace()] || len(m.GetOwnerReferences()) > 0 && k.gvk.Kind == "Job" {
 			return nil, false, nil
 		}
+		m.SetManagedFields(nil)
+		if a := m.GetAnnotations(); a[install.LastAppliedAnnotation] != "" {
+			delete(a, install.LastAppliedAnnotation)
+			m.SetAnnotations(a)
+		}
 		u, ok := o.(*unstructured.Unstructured)
 		if !ok {
-			m.SetManagedFields(nil)
 			u = typed(o, k.gvk.GroupVersion().String(), k.gvk.Kind)
 			delete(u.Object, "status")
 		}
@@ -393,19 +398,25 @@ func (cl *clusterCheck) read(ctx context.Context) error {
 	return nil
 }
 
-// slimPod drops from p what the checks of pods do not read (they read its
-// metadata, node, the names and images of its containers, and its status),
-// so that the pods of a large cluster take little memory while the rest is
-// read and checked.
+// slimPod copies of p what the checks of pods read: its name, namespace,
+// labels and owners, its node, the names and images of its containers, and
+// its phase, conditions and container states. The copy shares nothing with
+// the page p was decoded in, so a large cluster's pods take little memory
+// while the rest is read and checked.
 func slimPod(p *corev1.Pod) (*corev1.Pod, bool, error) {
-	p.ManagedFields = nil
-	p.Spec.Volumes = nil
-	for _, cs := range [][]corev1.Container{p.Spec.InitContainers, p.Spec.Containers} {
+	containers := func(cs []corev1.Container) []corev1.Container {
+		out := make([]corev1.Container, len(cs))
 		for i, c := range cs {
-			cs[i] = corev1.Container{Name: c.Name, Image: c.Image}
+			out[i] = corev1.Container{Name: c.Name, Image: c.Image}
 		}
+		return out
 	}
-	return p, true, nil
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, Labels: p.Labels, OwnerReferences: p.OwnerReferences},
+		Spec:       corev1.PodSpec{NodeName: p.Spec.NodeName, InitContainers: containers(p.Spec.InitContainers), Containers: containers(p.Spec.Containers)},
+		Status: corev1.PodStatus{Phase: p.Status.Phase, Conditions: p.Status.Conditions,
+			InitContainerStatuses: p.Status.InitContainerStatuses, ContainerStatuses: p.Status.ContainerStatuses},
+	}, true, nil
 }
 
 // load sets up the checks of the default control plane cp: its injector,

@@ -299,6 +299,35 @@ spec:
 	// Istio's ServiceAssociationAnalyzer runs one namespace at a time
 	// (combinedAnalyzers): it still sees the Services of the Deployment's
 	// namespace, and those of another namespace still do not count.
+	// The analyzers' informers keep a slim copy of each pod (analyzerPod):
+	// still enough to see which pods run the proxy and as which user.
+	t.Run("the analyzers read the pods' proxies and users", func(t *testing.T) {
+		defer deleteNamespace(t, "team-pods")
+		pod := func(name string) string {
+			return fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: %s, namespace: team-pods}
+spec: {containers: [{name: app, image: registry.example.com/app:1, securityContext: {runAsUser: 1337}}]}
+`, name)
+		}
+		// Created before the namespace is labelled for injection, the first
+		// pod runs without a proxy; the second is injected.
+		applyDocs(t, "apiVersion: v1\nkind: Namespace\nmetadata: {name: team-pods}\n---\n"+pod("before"))
+		applyDocs(t, "apiVersion: v1\nkind: Namespace\nmetadata: {name: team-pods, labels: {istio-injection: enabled}}\n---\n"+pod("after"))
+		r := check(t)
+		if !hasFinding(r, "IST0103", "Pod/team-pods/before", "missing the Istio proxy") {
+			t.Errorf("no IST0103 for the pod without a proxy: %v", ids(r))
+		}
+		if hasFinding(r, "IST0103", "Pod/team-pods/after", "") {
+			t.Errorf("IST0103 for the injected pod: %v", ids(r))
+		}
+		for _, name := range []string{"before", "after"} {
+			if !hasFinding(r, "IST0144", "Pod/team-pods/"+name, "1337") {
+				t.Errorf("no IST0144 for pod %s, whose application runs as the proxy's user: %v", name, ids(r))
+			}
+		}
+	})
+
 	t.Run("a Deployment behind two Services of one port, TCP and UDP", func(t *testing.T) {
 		defer deleteNamespace(t, "team-svc")
 		defer deleteNamespace(t, "team-other")

@@ -3,6 +3,7 @@ package doctor
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -13,7 +14,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	"github.com/kubeflow/kfistio/internal/install"
 	"github.com/kubeflow/kfistio/internal/kube"
 	"github.com/kubeflow/kfistio/internal/testcluster"
 )
@@ -273,4 +276,35 @@ func TestClusterNarrowUsers(t *testing.T) {
 // Istio's analyzers'.
 func clusterIDs(r *Report) []string {
 	return slices.DeleteFunc(ids(r), func(id string) bool { return !strings.HasPrefix(id, "KF") })
+}
+
+// What doctor keeps of a workload of an injected namespace has no
+// managedFields, no copy of itself from kubectl apply and no status; the
+// workloads of other namespaces are not kept.
+func TestWorkloadKeep(t *testing.T) {
+	d := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "team-a",
+			Annotations:   map[string]string{install.LastAppliedAnnotation: `{"kind":"Deployment"}`, "owner": "team-a"},
+			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}},
+		Status: appsv1.DeploymentStatus{Replicas: 1},
+	}
+	keep := workloadKinds[0].keep(func() map[string]bool { return map[string]bool{"team-a": true} })
+	u, ok, err := keep(d.DeepCopy())
+	if err != nil || !ok {
+		t.Fatalf("keep: %v, %v", ok, err)
+	}
+	if _, status := u.Object["status"]; status || len(u.GetManagedFields()) > 0 || !maps.Equal(u.GetAnnotations(), map[string]string{"owner": "team-a"}) || u.GetKind() != "Deployment" {
+		t.Errorf("kept %v", u.Object)
+	}
+	d.Namespace = "team-b"
+	if _, ok, _ := keep(d); ok {
+		t.Error("kept a Deployment of a namespace without injection")
+	}
+	// A custom resource is listed as unstructured.
+	nb := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "kubeflow.org/v1", "kind": "Notebook",
+		"metadata": map[string]any{"name": "nb", "namespace": "team-a", "annotations": map[string]any{install.LastAppliedAnnotation: "{}"}}}}
+	k := slices.IndexFunc(workloadKinds, func(k workloadKind) bool { return k.gvk.Kind == "Notebook" })
+	if u, ok, err := workloadKinds[k].keep(func() map[string]bool { return map[string]bool{"team-a": true} })(nb); err != nil || !ok || len(u.GetAnnotations()) > 0 {
+		t.Errorf("kept %v (%v, %v)", u, ok, err)
+	}
 }
