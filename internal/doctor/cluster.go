@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	utiljson "k8s.io/apimachinery/pkg/util/json"
 	"k8s.io/apimachinery/pkg/util/version"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/pod-security-admission/api"
@@ -188,7 +189,9 @@ func (k workloadKind) keep(injected func() map[string]bool) func(runtime.Object)
 		}
 		u, ok := o.(*unstructured.Unstructured)
 		if !ok {
-			u = typed(o, k.gvk.GroupVersion().String(), k.gvk.Kind)
+			if u, err = typed(o, k.gvk.GroupVersion().String(), k.gvk.Kind); err != nil {
+				return nil, false, err
+			}
 			delete(u.Object, "status")
 		}
 		return u, true, nil
@@ -439,10 +442,17 @@ func (cl *clusterCheck) load(ctx context.Context, cp *install.ControlPlane) erro
 		if cm == nil {
 			return fmt.Errorf("ConfigMap/%s/%s of istiod %s is not there: reinstall (kfistio install) or restore it", istioNamespace, name, cp.Deployment.Name)
 		}
-		objs = append(objs, typed(cm, "v1", "ConfigMap"))
+		u, err := typed(cm, "v1", "ConfigMap")
+		if err != nil {
+			return err
+		}
+		objs = append(objs, u)
 	}
-	objs = append(objs, typed(cp.Deployment, "apps/v1", "Deployment"))
-	in, err := inject.New(objs)
+	u, err := typed(cp.Deployment, "apps/v1", "Deployment")
+	if err != nil {
+		return err
+	}
+	in, err := inject.New(append(objs, u))
 	if err != nil {
 		return err
 	}
@@ -453,12 +463,27 @@ func (cl *clusterCheck) load(ctx context.Context, cp *install.ControlPlane) erro
 	return nil
 }
 
-func typed(o runtime.Object, apiVersion, kind string) *unstructured.Unstructured {
-	m, _ := runtime.DefaultUnstructuredConverter.ToUnstructured(o)
+// typed is o, a typed object of kind apiVersion/kind, as unstructured. It
+// goes through JSON, as the API server would send it: the converter from
+// structs makes each map as large as its struct has fields, which at a
+// thousand profiles' workloads holds twice the memory.
+func typed(o runtime.Object, apiVersion, kind string) (*unstructured.Unstructured, error) {
+	m := map[string]any{}
+	b, err := json.Marshal(o)
+	if err == nil {
+		err = utiljson.Unmarshal(b, &m)
+	}
+	if err != nil {
+		name := kind
+		if a, aerr := meta.Accessor(o); aerr == nil {
+			name = object.KeyOf(kind, a.GetNamespace(), a.GetName())
+		}
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
 	u := &unstructured.Unstructured{Object: m}
 	u.SetAPIVersion(apiVersion)
 	u.SetKind(kind)
-	return u
+	return u, nil
 }
 
 // routing checks the HTTP routes of the gateways (KF010, KF011).

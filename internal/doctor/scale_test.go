@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -13,8 +14,10 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/kubeflow/kfistio/internal/install"
 	"github.com/kubeflow/kfistio/internal/kube"
@@ -306,5 +309,34 @@ func TestWorkloadKeep(t *testing.T) {
 	k := slices.IndexFunc(workloadKinds, func(k workloadKind) bool { return k.gvk.Kind == "Notebook" })
 	if u, ok, err := workloadKinds[k].keep(func() map[string]bool { return map[string]bool{"team-a": true} })(nb); err != nil || !ok || len(u.GetAnnotations()) > 0 {
 		t.Errorf("kept %v (%v, %v)", u, ok, err)
+	}
+}
+
+// typed converts through JSON to the same object as apimachinery's
+// converter from structs: integers stay int64, quantities and times strings.
+func TestTyped(t *testing.T) {
+	d := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "team-a", Generation: 3, CreationTimestamp: metav1.Now()},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr(int32(2)),
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
+			Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+				TerminationGracePeriodSeconds: ptr(int64(30)),
+				Containers: []corev1.Container{{Name: "web", Image: "web:1", Ports: []corev1.ContainerPort{{ContainerPort: 8080}},
+					Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m")}}}},
+			}},
+		},
+	}
+	want, err := runtime.DefaultUnstructuredConverter.ToUnstructured(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want["apiVersion"], want["kind"] = "apps/v1", "Deployment"
+	got, err := typed(d, "apps/v1", "Deployment")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got.Object, want) {
+		t.Errorf("typed:\n%v\nwant:\n%v", got.Object, want)
 	}
 }
