@@ -166,10 +166,9 @@ func TestClusterForbiddenNamespaces(t *testing.T) {
 		rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: readVerbs}))
 	rbac := client.Kube.RbacV1()
 	user := []rbacv1.Subject{{Kind: "User", Name: "auditor", APIGroup: rbacv1.GroupName}}
-	read := readVerbs
 	// Pods of audited-a only.
 	podReader := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "pods", Namespace: "audited-a"},
-		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: read}}}
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: readVerbs}}}
 	if _, err := rbac.Roles("audited-a").Create(ctx, podReader, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +290,8 @@ func TestWorkloadKeep(t *testing.T) {
 			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}},
 		Status: appsv1.DeploymentStatus{Replicas: 1},
 	}
-	keep := workloadKinds[0].keep(func() map[string]bool { return map[string]bool{"team-a": true} })
+	injected := func() map[string]bool { return map[string]bool{"team-a": true} }
+	keep := workloadKinds[0].keep(injected)
 	u, ok, err := keep(d.DeepCopy())
 	if err != nil || !ok {
 		t.Fatalf("keep: %v, %v", ok, err)
@@ -307,7 +307,7 @@ func TestWorkloadKeep(t *testing.T) {
 	nb := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "kubeflow.org/v1", "kind": "Notebook",
 		"metadata": map[string]any{"name": "nb", "namespace": "team-a", "annotations": map[string]any{install.LastAppliedAnnotation: "{}"}}}}
 	k := slices.IndexFunc(workloadKinds, func(k workloadKind) bool { return k.gvk.Kind == "Notebook" })
-	if u, ok, err := workloadKinds[k].keep(func() map[string]bool { return map[string]bool{"team-a": true} })(nb); err != nil || !ok || len(u.GetAnnotations()) > 0 {
+	if u, ok, err := workloadKinds[k].keep(injected)(nb); err != nil || !ok || len(u.GetAnnotations()) > 0 {
 		t.Errorf("kept %v (%v, %v)", u, ok, err)
 	}
 }
