@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
+	"runtime/debug"
 
 	"github.com/spf13/cobra"
 
@@ -224,9 +226,28 @@ func unjoin(err error) []error {
 }
 
 func doctorCluster(ctx context.Context, f *clusterFlags, warnings io.Writer, suppress []doctor.Suppression) (*doctor.Report, error) {
+	defer collectSooner()()
 	c, err := f.connect(ctx, warnings)
 	if err != nil {
 		return nil, err
 	}
 	return doctor.CheckCluster(ctx, c, suppress)
+}
+
+// clusterGCPercent is Go's GOGC while doctor checks a cluster, unless GOGC
+// is set. Most of what doctor allocates stays live until its checks end,
+// and it waits on the API server for much of its run: collecting when the
+// heap has grown by half of what is live, not by all of it, holds 30-40 MiB
+// less at 1000 profiles (README, Kubeflow at scale). Unlike a fixed memory
+// limit, it scales with the cluster.
+const clusterGCPercent = 50
+
+// collectSooner sets clusterGCPercent unless GOGC is set, and returns what
+// restores the previous setting.
+func collectSooner() (restore func()) {
+	if os.Getenv("GOGC") != "" {
+		return func() {}
+	}
+	old := debug.SetGCPercent(clusterGCPercent)
+	return func() { debug.SetGCPercent(old) }
 }

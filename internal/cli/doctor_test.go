@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"runtime/metrics"
 	"strings"
 	"testing"
 )
@@ -165,5 +166,30 @@ func TestDoctorCluster(t *testing.T) {
 	code, out, _ := run(t, "doctor", "--kubeconfig", c.Kubeconfig)
 	if code != 1 || !strings.Contains(out, "KF100") {
 		t.Errorf("cluster without istiod: exit %d\n%s", code, out)
+	}
+}
+
+// While doctor checks a cluster, Go collects at clusterGCPercent, unless
+// GOGC says otherwise; afterwards the previous setting is back.
+func TestCollectSooner(t *testing.T) {
+	gogc := func() uint64 {
+		s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
+		metrics.Read(s)
+		return s[0].Value.Uint64()
+	}
+	before := gogc()
+	for _, tc := range []struct {
+		env  string
+		want uint64
+	}{{"", clusterGCPercent}, {"200", before}} {
+		t.Setenv("GOGC", tc.env)
+		restore := collectSooner()
+		if got := gogc(); got != tc.want {
+			t.Errorf("GOGC=%q: doctor collects at %d%%, want %d%%", tc.env, got, tc.want)
+		}
+		restore()
+		if got := gogc(); got != before {
+			t.Errorf("GOGC=%q: after doctor, %d%%, want %d%% again", tc.env, got, before)
+		}
 	}
 }

@@ -298,7 +298,7 @@ func AnalyzeCluster(ctx context.Context, c *kube.Client, s []Suppression) ([]Fin
 	defer ic.Shutdown()
 	sa := analysislocal.NewIstiodAnalyzer(combinedAnalyzers(), "", inject.Namespace, nil)
 	sa.SetSuppressions(suppressions(s))
-	sa.AddRunningKubeSourceWithRevision(slimPodsClient{istiokube.EnableCrdWatcher(ic)}, "default", false)
+	sa.AddRunningKubeSourceWithRevision(analysisClient{istiokube.EnableCrdWatcher(ic), inject.Namespace}, "default", false)
 	synced, cancel := context.WithTimeout(ctx, analyzerSync)
 	defer cancel()
 	findings, err := analyze(synced, sa, nil)

@@ -1,42 +1,71 @@
 package doctor
 
 import (
+	"istio.io/istio/pkg/config/schema/kubeclient"
 	istiokube "istio.io/istio/pkg/kube"
 	"istio.io/istio/pkg/kube/informerfactory"
 	"istio.io/istio/pkg/kube/kubetypes"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/tools/cache"
 )
 
-// slimPodsClient is an Istio client whose informers keep of each Pod only
-// what Istio's analyzers read (analyzerPod): on a large cluster the pods,
-// with their injected sidecars, are most of what the analyzers hold.
-type slimPodsClient struct {
+// analysisClient is an Istio client whose informers hold less than Istio's
+// own on a large cluster: of each Pod and Deployment what the analyzers
+// read (analyzerPod, analyzerDeployment), and only the ConfigMaps of the
+// analyzers' Istio namespace.
+type analysisClient struct {
 	istiokube.Client
+	// istioNamespace is the analyzers' Istio namespace.
+	istioNamespace string
 }
 
-func (c slimPodsClient) Informers() informerfactory.InformerFactory {
-	return slimPodsFactory{c.Client.Informers()}
+func (c analysisClient) Informers() informerfactory.InformerFactory {
+	return analysisInformers{InformerFactory: c.Client.Informers(), client: c.Client, istioNamespace: c.istioNamespace}
 }
 
-type slimPodsFactory struct {
+type analysisInformers struct {
 	informerfactory.InformerFactory
+	client         istiokube.Client
+	istioNamespace string
 }
 
-var podsResource = corev1.SchemeGroupVersion.WithResource("pods")
+var (
+	podsResource        = corev1.SchemeGroupVersion.WithResource("pods")
+	deploymentsResource = appsv1.SchemeGroupVersion.WithResource("deployments")
+	configMapsResource  = corev1.SchemeGroupVersion.WithResource("configmaps")
+)
 
-// InformerFor replaces, on the informer of Pods, the transform Istio's
-// clients set (which drops managedFields) with analyzerPod; transforms are
-// set before an informer starts.
-func (f slimPodsFactory) InformerFor(r schema.GroupVersionResource, o kubetypes.InformerOptions, newInformer informerfactory.NewInformerFunc) informerfactory.StartableInformer {
-	if r != podsResource || o.ObjectTransform != nil {
+// analyzerTransforms replace, on the informers of these resources, the
+// transform Istio's clients set (which drops managedFields).
+var analyzerTransforms = map[schema.GroupVersionResource]cache.TransformFunc{
+	podsResource:        analyzerPod,
+	deploymentsResource: analyzerDeployment,
+}
+
+// InformerFor sets analyzerTransforms before an informer starts (transforms
+// are set then). The analyzers read the ConfigMaps of their Istio namespace
+// (the injectors' configuration) and declare that namespace in their
+// filter, but their store watches every namespace's ConfigMaps and filters
+// by name only, which keeps each namespace's istio-ca-root-cert: this
+// informer lists that namespace alone.
+func (f analysisInformers) InformerFor(r schema.GroupVersionResource, o kubetypes.InformerOptions, newInformer informerfactory.NewInformerFunc) informerfactory.StartableInformer {
+	if o.ObjectTransform != nil {
+		return f.InformerFactory.InformerFor(r, o, newInformer)
+	}
+	if r == configMapsResource && o.Namespace == metav1.NamespaceAll {
+		o.Namespace = f.istioNamespace
+		return kubeclient.GetInformerFilteredFromGVR(f.client, o, r)
+	}
+	transform, ok := analyzerTransforms[r]
+	if !ok {
 		return f.InformerFactory.InformerFor(r, o, newInformer)
 	}
 	return f.InformerFactory.InformerFor(r, o, func() cache.SharedIndexInformer {
 		inf := newInformer()
-		_ = inf.SetTransform(analyzerPod)
+		_ = inf.SetTransform(transform)
 		return inf
 	})
 }
@@ -69,4 +98,16 @@ func analyzerPod(obj any) (any, error) {
 			SecurityContext: p.Spec.SecurityContext, NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork,
 		},
 	}, nil
+}
+
+// analyzerDeployment drops a Deployment's status and managedFields: the
+// analyzers read its metadata and spec.
+func analyzerDeployment(obj any) (any, error) {
+	d, ok := obj.(*appsv1.Deployment)
+	if !ok {
+		return obj, nil
+	}
+	d.ManagedFields = nil
+	d.Status = appsv1.DeploymentStatus{}
+	return d, nil
 }
