@@ -61,18 +61,24 @@ status:
 `), &want); err != nil {
 		t.Fatal(err)
 	}
-	got, err := analyzerPod(&full)
+	checkTransform(t, "analyzerPod", analyzerPod, &full, &want)
+}
+
+// checkTransform checks that transform makes want of full, and that what is
+// not of its kind (a deletion's last known state) passes unchanged.
+func checkTransform(t *testing.T, name string, transform cache.TransformFunc, full, want any) {
+	t.Helper()
+	var tomb any = cache.DeletedFinalStateUnknown{Key: "team-a/web", Obj: full}
+	got, err := transform(full)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !equality.Semantic.DeepEqual(got, &want) {
+	if !equality.Semantic.DeepEqual(got, want) {
 		b, _ := yaml.Marshal(got)
-		t.Errorf("analyzerPod kept:\n%s", b)
+		t.Errorf("%s kept:\n%s", name, b)
 	}
-	// What is not a pod (a deletion's last known state) passes unchanged.
-	var tomb any = cache.DeletedFinalStateUnknown{Key: "team-a/web", Obj: &full}
-	if out, _ := analyzerPod(tomb); out != tomb {
-		t.Errorf("analyzerPod(%T) = %v", tomb, out)
+	if out, _ := transform(tomb); out != tomb {
+		t.Errorf("%s(%T) = %v", name, tomb, out)
 	}
 }
 
@@ -101,18 +107,7 @@ spec:
 	if err := yaml.Unmarshal([]byte(kept), &want); err != nil {
 		t.Fatal(err)
 	}
-	got, err := analyzerDeployment(&full)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !equality.Semantic.DeepEqual(got, &want) {
-		b, _ := yaml.Marshal(got)
-		t.Errorf("analyzerDeployment kept:\n%s", b)
-	}
-	var tomb any = cache.DeletedFinalStateUnknown{Key: "team-a/web", Obj: &full}
-	if out, _ := analyzerDeployment(tomb); out != tomb {
-		t.Errorf("analyzerDeployment(%T) = %v", tomb, out)
-	}
+	checkTransform(t, "analyzerDeployment", analyzerDeployment, &full, &want)
 }
 
 // Through the informers Istio's stores make (kubeclient), the analyzers'
