@@ -197,14 +197,41 @@ func (c *Cluster) IstiodLogOf(deployment string, mark LogMark) string {
 var istiodLogLevel = regexp.MustCompile(`^\S+\t(error|fatal)\t`)
 
 // IstiodErrors returns the lines every istiod logged at level error or fatal
-// after mark, each prefixed with its Deployment's name and ": ".
+// after mark (errorLines), each prefixed with its Deployment's name and ": ".
 func (c *Cluster) IstiodErrors(mark LogMark) []string {
 	var out []string
 	for _, d := range c.istiodDeployments() {
-		for _, l := range strings.Split(c.IstiodLogOf(d, mark), "\n") {
-			if istiodLogLevel.MatchString(l) {
-				out = append(out, d+": "+l)
-			}
+		for _, l := range errorLines(c.IstiodLogOf(d, mark)) {
+			out = append(out, d+": "+l)
+		}
+	}
+	return out
+}
+
+// The harness's notes that an istiod is stopped because its pod is gone,
+// and that one starts.
+const (
+	stoppingNote = "kubelet: stopping "
+	startingNote = "kubelet: starting "
+)
+
+// errorLines returns the lines of an istiod's log at level error or fatal,
+// but those logged between the harness's note that it stops that istiod
+// (its pod is gone: an upgrade finished, a Deployment was deleted) and the
+// next start: an istiod shutting down logs the requests its cancelled
+// context cut short (its leader election's last renewal, say), as it would
+// in a pod that the kubelet stops.
+func errorLines(log string) []string {
+	var out []string
+	stopping := false
+	for _, l := range strings.Split(log, "\n") {
+		switch {
+		case strings.Contains(l, "\tharness\t"+stoppingNote):
+			stopping = true
+		case strings.Contains(l, "\tharness\t"+startingNote):
+			stopping = false
+		case !stopping && istiodLogLevel.MatchString(l):
+			out = append(out, l)
 		}
 	}
 	return out
@@ -414,6 +441,7 @@ func (r *istiodRunner) sync(ctx context.Context) error {
 			continue
 		}
 		if !exited {
+			r.note(d, stoppingNote+"%s of Pod/%s/%s, whose pod is gone", istiodBinaryName, p.pod.Namespace, p.pod.Name)
 			if err := p.stop(); err != nil {
 				r.note(d, "kubelet: %v", err)
 			}
@@ -525,7 +553,7 @@ func (r *istiodRunner) start(ctx context.Context, deployment string, pod *corev1
 	args = append(args, "--kubeconfig="+kubeconfig, "--ctrlz_address="+pod.Status.PodIP)
 	p := &process{name: istiodBinaryName, bin: bin, args: args, log: r.c.istiodLog(deployment), dir: root,
 		env: append(env, "HTTP_PROXY=http://"+r.proxy.addr, "HOME="+root)}
-	r.note(deployment, "kubelet: starting %s of Istio %s (%s) as Pod/%s/%s on %s", istiodBinaryName, release, bin, pod.Namespace, pod.Name, pod.Status.PodIP)
+	r.note(deployment, startingNote+"%s of Istio %s (%s) as Pod/%s/%s on %s", istiodBinaryName, release, bin, pod.Namespace, pod.Name, pod.Status.PodIP)
 	if err := p.start(r.c.Dir); err != nil {
 		return err
 	}

@@ -370,3 +370,21 @@ func TestIstiodBinary(t *testing.T) {
 		}
 	}
 }
+
+// An istiod's errors count but for those it logs while the harness stops it
+// (its pod is gone), until it starts again.
+func TestErrorLines(t *testing.T) {
+	log := strings.Join([]string{
+		"2026-12-07T00:50:00Z\tharness\t" + startingNote + "pilot-discovery of Istio 1.26.1",
+		"2026-12-07T00:50:01Z\terror\tads\tpush failed",
+		"2026-12-07T00:50:02Z\tinfo\tads\tpushed",
+		"2026-12-07T00:51:09Z\tharness\t" + stoppingNote + "pilot-discovery of Pod/istio-system/istiod-1-26-1-a, whose pod is gone",
+		"2026-12-07T00:51:09Z\terror\tklog\tFailed to update lock: client rate limiter Wait returned an error: context canceled",
+		"2026-12-07T00:52:00Z\tharness\t" + startingNote + "pilot-discovery of Istio 1.26.1",
+		"2026-12-07T00:52:01Z\tfatal\tcould not start",
+	}, "\n")
+	want := []string{"2026-12-07T00:50:01Z\terror\tads\tpush failed", "2026-12-07T00:52:01Z\tfatal\tcould not start"}
+	if got := errorLines(log); !slices.Equal(got, want) {
+		t.Errorf("errorLines = %q, want %q", got, want)
+	}
+}
