@@ -208,11 +208,14 @@ func (c *Cluster) IstiodErrors(mark LogMark) []string {
 	return out
 }
 
-// The harness's notes that an istiod is stopped because its pod is gone,
-// and that one starts.
+// harnessColumn is the column of the harness's notes in an istiod's log,
+// where istiod writes its level; stoppingNote and startingNote begin its
+// notes that an istiod is stopped because its pod is gone, and that one
+// starts.
 const (
-	stoppingNote = "kubelet: stopping "
-	startingNote = "kubelet: starting "
+	harnessColumn = "\tharness\t"
+	stoppingNote  = "kubelet: stopping "
+	startingNote  = "kubelet: starting "
 )
 
 // errorLines returns the lines of an istiod's log at level error or fatal,
@@ -226,9 +229,9 @@ func errorLines(log string) []string {
 	stopping := false
 	for _, l := range strings.Split(log, "\n") {
 		switch {
-		case strings.Contains(l, "\tharness\t"+stoppingNote):
+		case strings.Contains(l, harnessColumn+stoppingNote):
 			stopping = true
-		case strings.Contains(l, "\tharness\t"+startingNote):
+		case strings.Contains(l, harnessColumn+startingNote):
 			stopping = false
 		case !stopping && istiodLogLevel.MatchString(l):
 			out = append(out, l)
@@ -408,7 +411,7 @@ func (r *istiodRunner) note(deployment, format string, args ...any) {
 		return
 	}
 	defer func() { _ = f.Close() }()
-	fmt.Fprintf(f, "%s\tharness\t%s\n", time.Now().UTC().Format(time.RFC3339Nano), msg)
+	fmt.Fprintf(f, "%s%s%s\n", time.Now().UTC().Format(time.RFC3339Nano), harnessColumn, msg)
 }
 
 // sync makes the processes match the cluster: one for the oldest running
