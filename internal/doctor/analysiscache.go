@@ -45,22 +45,21 @@ var analyzerTransforms = map[schema.GroupVersionResource]cache.TransformFunc{
 	deploymentsResource: analyzerDeployment,
 }
 
-// InformerFor sets analyzerTransforms before an informer starts (transforms
-// are set then). The analyzers read the ConfigMaps of their Istio namespace
+// InformerFor sets analyzerTransforms, where Istio asks for no transform of
+// its own, before an informer starts (transforms are set then). The
+// narrowing of ConfigMaps keeps whatever transform Istio asks for. The
+// analyzers read the ConfigMaps of their Istio namespace
 // (the injectors' configuration) and declare that namespace in their
 // filter, but their store watches every namespace's ConfigMaps and filters
 // by name only, which keeps each namespace's istio-ca-root-cert: this
 // informer lists that namespace alone.
 func (f analysisInformers) InformerFor(r schema.GroupVersionResource, o kubetypes.InformerOptions, newInformer informerfactory.NewInformerFunc) informerfactory.StartableInformer {
-	if o.ObjectTransform != nil {
-		return f.InformerFactory.InformerFor(r, o, newInformer)
-	}
 	if r == configMapsResource && o.Namespace == metav1.NamespaceAll {
 		o.Namespace = f.istioNamespace
 		return kubeclient.GetInformerFilteredFromGVR(f.client, o, r)
 	}
 	transform, ok := analyzerTransforms[r]
-	if !ok {
+	if !ok || o.ObjectTransform != nil {
 		return f.InformerFactory.InformerFor(r, o, newInformer)
 	}
 	return f.InformerFactory.InformerFor(r, o, func() cache.SharedIndexInformer {
