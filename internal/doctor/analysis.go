@@ -285,11 +285,11 @@ func unwrapMulti(err error) []error {
 // list the cluster: a kind this user may not list never syncs.
 var analyzerSync = 2 * time.Minute
 
-// AnalyzeCluster runs the analyzers over the live resources of the cluster,
-// as istioctl analyze --all-namespaces does. When their informers have not
-// listed the cluster within analyzerSync, it says so in a note and reports
-// nothing of a partial view.
-func AnalyzeCluster(ctx context.Context, c *kube.Client, s []Suppression) ([]Finding, []string, error) {
+// analyzeCluster runs the analyzers over the live resources of the cluster,
+// as istioctl analyze --all-namespaces does, with the pods doctor lists.
+// When their informers have not listed the cluster within analyzerSync, it
+// says so in a note and reports nothing of a partial view.
+func analyzeCluster(ctx context.Context, c *kube.Client, s []Suppression, pods *podFeed) ([]Finding, []string, error) {
 	quietIstioLogs()
 	ic, err := istiokube.NewCLIClient(istiokube.NewClientConfigForRestConfig(c.Config))
 	if err != nil {
@@ -298,15 +298,36 @@ func AnalyzeCluster(ctx context.Context, c *kube.Client, s []Suppression) ([]Fin
 	defer ic.Shutdown()
 	sa := analysislocal.NewIstiodAnalyzer(combinedAnalyzers(), "", inject.Namespace, nil)
 	sa.SetSuppressions(suppressions(s))
-	sa.AddRunningKubeSourceWithRevision(analysisClient{istiokube.EnableCrdWatcher(ic), inject.Namespace}, "default", false)
-	synced, cancel := context.WithTimeout(ctx, analyzerSync)
+	sa.AddRunningKubeSourceWithRevision(analysisClient{istiokube.EnableCrdWatcher(ic), inject.Namespace, pods}, "default", false)
+	// They need every pod: where doctor could not list them all, they stop
+	// at once rather than wait for a LIST that cannot succeed.
+	unreadable, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	go func() {
+		select {
+		case <-pods.done:
+			if len(pods.denied) > 0 {
+				stop(errPodsDenied)
+			}
+		case <-unreadable.Done():
+		}
+	}()
+	synced, cancel := context.WithTimeout(unreadable, analyzerSync)
 	defer cancel()
 	findings, err := analyze(synced, sa, nil)
-	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+	switch {
+	case ctx.Err() != nil:
+	case errors.Is(context.Cause(unreadable), errPodsDenied):
+		return nil, []string{fmt.Sprintf("Istio's analyzers did not run: they read every pod, and this user may not list them in namespaces %s", strings.Join(pods.denied, ", "))}, nil
+	case errors.Is(err, context.DeadlineExceeded):
 		return nil, []string{fmt.Sprintf("Istio's analyzers did not run: they could not list the cluster within %s (may this user list every kind Istio reads, in every namespace?)", analyzerSync)}, nil
 	}
 	return findings, nil, err
 }
+
+// errPodsDenied stops the analyzers when the pods of some namespaces could
+// not be listed.
+var errPodsDenied = errors.New("the pods of some namespaces may not be listed")
 
 // analyze runs the analyzers and turns their messages into findings; locate
 // names where a file's resource was read (nil when none come from files).

@@ -1,35 +1,48 @@
 package doctor
 
 import (
+	"context"
+	"fmt"
+	"strings"
+
 	"istio.io/istio/pkg/config/schema/kubeclient"
 	istiokube "istio.io/istio/pkg/kube"
 	"istio.io/istio/pkg/kube/informerfactory"
 	"istio.io/istio/pkg/kube/kubetypes"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 )
 
 // analysisClient is an Istio client whose informers hold less than Istio's
-// own on a large cluster: of each Pod and Deployment what the analyzers
-// read (analyzerPod, analyzerDeployment), and only the ConfigMaps of the
+// own on a large cluster, and read less: their Pods are the ones doctor
+// lists for its own checks (pods), their Deployments are kept without
+// status (analyzerDeployment), and their ConfigMaps are only those of the
 // analyzers' Istio namespace.
 type analysisClient struct {
 	istiokube.Client
 	// istioNamespace is the analyzers' Istio namespace.
 	istioNamespace string
+	// pods are doctor's pods.
+	pods *podFeed
 }
 
 func (c analysisClient) Informers() informerfactory.InformerFactory {
-	return analysisInformers{InformerFactory: c.Client.Informers(), client: c.Client, istioNamespace: c.istioNamespace}
+	return analysisInformers{InformerFactory: c.Client.Informers(), client: c.Client, istioNamespace: c.istioNamespace, pods: c.pods}
 }
 
 type analysisInformers struct {
 	informerfactory.InformerFactory
 	client         istiokube.Client
 	istioNamespace string
+	pods           *podFeed
 }
 
 var (
@@ -38,65 +51,128 @@ var (
 	configMapsResource  = corev1.SchemeGroupVersion.WithResource("configmaps")
 )
 
-// analyzerTransforms replace, on the informers of these resources, the
-// transform Istio's clients set (which drops managedFields).
-var analyzerTransforms = map[schema.GroupVersionResource]cache.TransformFunc{
-	podsResource:        analyzerPod,
-	deploymentsResource: analyzerDeployment,
-}
-
-// InformerFor sets analyzerTransforms, where Istio asks for no transform of
-// its own, before an informer starts (transforms are set then). The
-// narrowing of ConfigMaps keeps whatever transform Istio asks for. The
-// analyzers read the ConfigMaps of their Istio namespace
-// (the injectors' configuration) and declare that namespace in their
-// filter, but their store watches every namespace's ConfigMaps and filters
-// by name only, which keeps each namespace's istio-ca-root-cert: this
-// informer lists that namespace alone.
+// InformerFor builds the analyzers' informers:
+//   - of Pods, where Istio asks for no transform of its own and selects
+//     them by namespace, name and labels only: one fed with those of the
+//     pods doctor lists, which are then listed and decoded once;
+//   - of Deployments, where Istio asks for no transform of its own: one
+//     that keeps them without status (transforms are set before an
+//     informer starts);
+//   - of ConfigMaps: one of the Istio namespace only. The analyzers read
+//     the ConfigMaps of that namespace (the injectors' configuration) and
+//     declare it in their filter, but their store watches every namespace's
+//     ConfigMaps and filters by name only, which keeps each namespace's
+//     istio-ca-root-cert. The narrowing keeps whatever transform Istio asks
+//     for.
 func (f analysisInformers) InformerFor(r schema.GroupVersionResource, o kubetypes.InformerOptions, newInformer informerfactory.NewInformerFunc) informerfactory.StartableInformer {
-	if r == configMapsResource && o.Namespace == metav1.NamespaceAll {
+	switch {
+	case r == configMapsResource && o.Namespace == metav1.NamespaceAll:
 		o.Namespace = f.istioNamespace
 		return kubeclient.GetInformerFilteredFromGVR(f.client, o, r)
+	case r == podsResource && o.ObjectTransform == nil && o.InformerType == kubetypes.StandardInformer:
+		if selects, ok := podSelection(o); ok {
+			return f.InformerFactory.InformerFor(r, o, func() cache.SharedIndexInformer { return f.pods.informer(selects) })
+		}
+	case r == deploymentsResource && o.ObjectTransform == nil:
+		return f.InformerFactory.InformerFor(r, o, func() cache.SharedIndexInformer {
+			inf := newInformer()
+			_ = inf.SetTransform(analyzerDeployment)
+			return inf
+		})
 	}
-	transform, ok := analyzerTransforms[r]
-	if !ok || o.ObjectTransform != nil {
-		return f.InformerFactory.InformerFor(r, o, newInformer)
-	}
-	return f.InformerFactory.InformerFor(r, o, func() cache.SharedIndexInformer {
-		inf := newInformer()
-		_ = inf.SetTransform(transform)
-		return inf
-	})
+	return f.InformerFactory.InformerFor(r, o, newInformer)
 }
 
-// analyzerPod keeps of a Pod what Istio's analyzers read: its name,
-// namespace, labels and annotations (selectors, injection, suppressions);
-// the names, images and security contexts of its containers, in order
-// (the proxy, its image, the application's user); its node (locality) and
-// whether it uses the host's network. Its status and the rest of its spec
-// (environment, volumes, probes, resources) are dropped: the analyzers do
-// not read them, and they are most of an injected pod.
-func analyzerPod(obj any) (any, error) {
-	p, ok := obj.(*corev1.Pod)
-	if !ok {
-		return obj, nil
+// podFeed hands the pods doctor lists to the analyzers' Pod informer.
+type podFeed struct {
+	// done is closed when the pods were read, or could not be.
+	done chan struct{}
+	pods []*corev1.Pod
+	// denied are the namespaces where the pods could not be listed.
+	denied []string
+	err    error
+}
+
+func newPodFeed() *podFeed {
+	return &podFeed{done: make(chan struct{})}
+}
+
+// set gives the feed what doctor read: pods, and the namespaces where it
+// could not list them, or why it could not read them. It is called once.
+func (f *podFeed) set(pods []*corev1.Pod, denied []string, err error) {
+	f.pods, f.denied, f.err = pods, denied, err
+	close(f.done)
+}
+
+// podSelection is what selects the pods of an informer of o, as the API
+// server would, and whether doctor's pods can tell: o selects by namespace,
+// name and labels only.
+func podSelection(o kubetypes.InformerOptions) (func(*corev1.Pod) bool, bool) {
+	byField, err := fields.ParseSelector(o.FieldSelector)
+	if err != nil {
+		return nil, false
 	}
-	containers := func(cs []corev1.Container) []corev1.Container {
-		out := make([]corev1.Container, len(cs))
-		for i, c := range cs {
-			out[i] = corev1.Container{Name: c.Name, Image: c.Image, SecurityContext: c.SecurityContext, RestartPolicy: c.RestartPolicy}
+	for _, r := range byField.Requirements() {
+		if r.Field != "metadata.name" && r.Field != "metadata.namespace" {
+			return nil, false
 		}
-		return out
 	}
-	return &corev1.Pod{
-		TypeMeta: p.TypeMeta,
-		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
-			Generation: p.Generation, CreationTimestamp: p.CreationTimestamp, Labels: p.Labels, Annotations: p.Annotations},
-		Spec: corev1.PodSpec{
-			InitContainers: containers(p.Spec.InitContainers), Containers: containers(p.Spec.Containers),
-			SecurityContext: p.Spec.SecurityContext, NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork,
-		},
-	}, nil
+	byLabel, err := labels.Parse(o.LabelSelector)
+	if err != nil {
+		return nil, false
+	}
+	return func(p *corev1.Pod) bool {
+		return (o.Namespace == metav1.NamespaceAll || p.Namespace == o.Namespace) &&
+			byField.Matches(fields.Set{"metadata.name": p.Name, "metadata.namespace": p.Namespace}) && byLabel.Matches(labels.Set(p.Labels))
+	}, true
+}
+
+// list is the pods, once read, that selects. Where some could not be
+// listed, it fails as the informer's own LIST would have: the analyzers need
+// every pod.
+func (f *podFeed) list(ctx context.Context, selects func(*corev1.Pod) bool) (runtime.Object, error) {
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-f.done:
+	}
+	switch {
+	case f.err != nil:
+		return nil, f.err
+	case len(f.denied) > 0:
+		return nil, apierrors.NewForbidden(podsResource.GroupResource(), "",
+			fmt.Errorf("pods may not be listed in namespaces %s", strings.Join(f.denied, ", ")))
+	}
+	l := &corev1.PodList{}
+	for _, p := range f.pods {
+		if selects(p) {
+			l.Items = append(l.Items, *p)
+		}
+	}
+	return l, nil
+}
+
+// watch sends nothing: the analyzers read the pods once.
+func (f *podFeed) watch(context.Context, metav1.ListOptions) (watch.Interface, error) {
+	return watch.NewFake(), nil
+}
+
+// IsWatchListSemanticsUnSupported tells the informer to list, not to stream
+// a watch of the initial pods.
+func (*podFeed) IsWatchListSemanticsUnSupported() bool { return true }
+
+// informer is an informer of the pods that selects, as Istio's own but fed
+// with the feed's pods.
+func (f *podFeed) informer(selects func(*corev1.Pod) bool) cache.SharedIndexInformer {
+	list := func(ctx context.Context, _ metav1.ListOptions) (runtime.Object, error) { return f.list(ctx, selects) }
+	lw := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{ListWithContextFunc: list, WatchFuncWithContext: f.watch}, f)
+	inf := cache.NewSharedIndexInformerWithOptions(lw, &corev1.Pod{}, cache.SharedIndexInformerOptions{
+		Indexers:          cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
+		ObjectDescription: podsResource.String(),
+	})
+	// The analyzers say, in a note, when they could not read the pods.
+	_ = inf.SetWatchErrorHandlerWithContext(func(context.Context, *cache.Reflector, error) {})
+	return inf
 }
 
 // analyzerDeployment drops a Deployment's status and managedFields: the

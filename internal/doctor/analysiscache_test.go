@@ -2,7 +2,9 @@ package doctor
 
 import (
 	"context"
+	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +14,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -19,10 +22,11 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// analyzerPod keeps, in order, every container's name, image and user, and
-// the pod's labels, annotations, node, user and host network; it drops its
-// status and the rest of its spec.
-func TestAnalyzerPod(t *testing.T) {
+// slimPod keeps, in order, every container's name, image, user and
+// restart policy; the pod's labels, annotations, owners, node, user and host
+// network; and its phase, conditions and container states. It drops the
+// rest of its spec and status.
+func TestSlimPod(t *testing.T) {
 	// What is kept of the metadata, and of the spec.
 	const meta = `
 metadata:
@@ -31,12 +35,19 @@ metadata:
   resourceVersion: "7"
   labels: {app: web}
   annotations: {sidecar.istio.io/status: '{"revision":"default"}', proxy.istio.io/config: "holdApplicationUntilProxyStarts: true"}
+  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web-5d4f, uid: "1"}]
 `
 	const spec = `
 spec:
   nodeName: node-a
   hostNetwork: true
   securityContext: {runAsUser: 1000}
+`
+	const status = `
+status:
+  phase: Running
+  conditions: [{type: Ready, status: "True"}]
+  containerStatuses: [{name: app, ready: true, restartCount: 0, image: app:1, imageID: "", state: {running: {}}}]
 `
 	var full corev1.Pod
 	if err := yaml.Unmarshal([]byte(meta+`  managedFields: [{manager: kube-controller-manager}]`+spec+`  volumes: [{name: istio-envoy, emptyDir: {}}]
@@ -46,9 +57,7 @@ spec:
      securityContext: {runAsUser: 1337}, readinessProbe: {httpGet: {path: /healthz/ready, port: 15021}}}
   containers:
   - {name: app, image: app:1, ports: [{containerPort: 8080}], securityContext: {runAsUser: 1337}, volumeMounts: [{name: data, mountPath: /data}]}
-status:
-  phase: Running
-  podIP: 127.0.0.5
+`+status+`  podIP: 127.0.0.5
 `), &full); err != nil {
 		t.Fatal(err)
 	}
@@ -58,32 +67,89 @@ status:
   - {name: istio-proxy, image: proxyv2:1.29.1, restartPolicy: Always, securityContext: {runAsUser: 1337}}
   containers:
   - {name: app, image: app:1, securityContext: {runAsUser: 1337}}
-`), &want); err != nil {
+`+status), &want); err != nil {
 		t.Fatal(err)
 	}
-	checkTransform(t, "analyzerPod", analyzerPod, &full, &want)
+	got, ok, err := slimPod(&full)
+	if err != nil || !ok {
+		t.Fatalf("slimPod: %v, %v", ok, err)
+	}
+	if !equality.Semantic.DeepEqual(got, &want) {
+		b, _ := yaml.Marshal(got)
+		t.Errorf("slimPod kept:\n%s", b)
+	}
 }
 
-// checkTransform checks that transform makes want of full, and that what is
-// not of its kind (a deletion's last known state) passes unchanged.
-func checkTransform(t *testing.T, name string, transform cache.TransformFunc, full, want any) {
-	t.Helper()
-	var tomb any = cache.DeletedFinalStateUnknown{Key: "team-a/web", Obj: full}
-	got, err := transform(full)
-	if err != nil {
-		t.Fatal(err)
+// A pod feed's informer syncs once doctor's pods are set, and holds those
+// its options select; where pods could not be listed, in some namespaces or
+// at all, its LIST fails as the API server's would.
+func TestPodFeed(t *testing.T) {
+	pod := func(ns, name string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": name}}}
 	}
-	if !equality.Semantic.DeepEqual(got, want) {
-		b, _ := yaml.Marshal(got)
-		t.Errorf("%s kept:\n%s", name, b)
+	// As Istio's analyzers ask: without the namespaces Istio ignores.
+	selects, ok := podSelection(kubetypes.InformerOptions{FieldSelector: "metadata.namespace!=kube-system,metadata.namespace!=kube-public"})
+	if !ok {
+		t.Fatal("the feed cannot select pods without kube-system's")
 	}
-	if out, _ := transform(tomb); out != tomb {
-		t.Errorf("%s(%T) = %v", name, tomb, out)
+	f := newPodFeed()
+	inf := f.informer(selects)
+	stop := make(chan struct{})
+	defer close(stop)
+	go inf.Run(stop)
+	synced, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	if cache.WaitForCacheSync(synced.Done(), inf.HasSynced) {
+		t.Errorf("the informer synced before the pods were read")
+	}
+	cancel()
+	f.set([]*corev1.Pod{pod("team-a", "web"), pod("kube-system", "coredns"), pod("team-b", "db")}, nil, nil)
+	if !cache.WaitForCacheSync(stop, inf.HasSynced) {
+		t.Fatal("the informer did not sync")
+	}
+	if keys := inf.GetStore().ListKeys(); !slices.Equal(slices.Sorted(slices.Values(keys)), []string{"team-a/web", "team-b/db"}) {
+		t.Errorf("the informer holds %v, want team-a/web and team-b/db", keys)
+	}
+	for _, o := range []kubetypes.InformerOptions{{Namespace: "team-b"}, {LabelSelector: "app=db"}, {FieldSelector: "metadata.name=db"}} {
+		selects, ok := podSelection(o)
+		if !ok {
+			t.Fatalf("the feed cannot select pods by %+v", o)
+		}
+		l, err := f.list(context.Background(), selects)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if items := l.(*corev1.PodList).Items; len(items) != 1 || items[0].Name != "db" {
+			t.Errorf("the pods selected by %+v: %v", o, items)
+		}
+	}
+	for _, o := range []kubetypes.InformerOptions{{FieldSelector: "spec.nodeName=node-a"}, {LabelSelector: "app in (web"}} {
+		if _, ok := podSelection(o); ok {
+			t.Errorf("the feed claims to select pods by %+v", o)
+		}
+	}
+
+	all := func(*corev1.Pod) bool { return true }
+	denied := newPodFeed()
+	denied.set([]*corev1.Pod{pod("team-a", "web")}, []string{"team-b", "team-c"}, nil)
+	if _, err := denied.list(context.Background(), all); !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "team-b, team-c") {
+		t.Errorf("with pods denied in two namespaces, the feed's LIST: %v", err)
+	}
+	failed := newPodFeed()
+	cut := errors.New("list Pods: connection reset")
+	failed.set(nil, nil, cut)
+	if _, err := failed.list(context.Background(), all); !errors.Is(err, cut) {
+		t.Errorf("after doctor's LIST failed, the feed's LIST: %v", err)
+	}
+	ctx, cancelled := context.WithCancel(context.Background())
+	cancelled()
+	if _, err := newPodFeed().list(ctx, all); !errors.Is(err, context.Canceled) {
+		t.Errorf("the feed's LIST, cancelled before the pods were read: %v", err)
 	}
 }
 
 // analyzerDeployment drops a Deployment's status and managedFields and
-// keeps its metadata and spec.
+// keeps its metadata and spec; what is not a Deployment (a deletion's last
+// known state) passes unchanged.
 func TestAnalyzerDeployment(t *testing.T) {
 	const kept = `
 metadata:
@@ -107,7 +173,18 @@ spec:
 	if err := yaml.Unmarshal([]byte(kept), &want); err != nil {
 		t.Fatal(err)
 	}
-	checkTransform(t, "analyzerDeployment", analyzerDeployment, &full, &want)
+	var tomb any = cache.DeletedFinalStateUnknown{Key: "team-a/web", Obj: &full}
+	got, err := analyzerDeployment(&full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equality.Semantic.DeepEqual(got, &want) {
+		b, _ := yaml.Marshal(got)
+		t.Errorf("analyzerDeployment kept:\n%s", b)
+	}
+	if out, _ := analyzerDeployment(tomb); out != tomb {
+		t.Errorf("analyzerDeployment(%T) = %v", tomb, out)
+	}
 }
 
 // Through the informers Istio's stores make (kubeclient), the analyzers'

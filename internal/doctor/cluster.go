@@ -62,16 +62,17 @@ func CheckCluster(ctx context.Context, c *kube.Client, suppress []Suppression) (
 	// Istio's analyzers read the cluster through clients of their own: they
 	// run while the other checks read and check, which on a remote cluster
 	// hides most of their round trips, and their findings join the others
-	// at the end.
+	// at the end. Their pods are the ones doctor lists.
 	actx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	pods := newPodFeed()
 	analyzed := make(chan analysisResult, 1)
 	go func() {
-		findings, notes, err := AnalyzeCluster(actx, c, suppress)
+		findings, notes, err := analyzeCluster(actx, c, suppress, pods)
 		analyzed <- analysisResult{findings, notes, err}
 	}()
 	r := &Report{}
-	cl := &clusterCheck{c: c, r: r}
+	cl := &clusterCheck{c: c, r: r, podFeed: pods}
 	if err := cl.read(ctx); err != nil {
 		return nil, err
 	}
@@ -108,7 +109,7 @@ func CheckCluster(ctx context.Context, c *kube.Client, suppress []Suppression) (
 	return r, nil
 }
 
-// analysisResult is what AnalyzeCluster returns.
+// analysisResult is what analyzeCluster returns.
 type analysisResult struct {
 	findings []Finding
 	notes    []string
@@ -147,6 +148,8 @@ type clusterCheck struct {
 	workloadsOf     [][]*unstructured.Unstructured
 	workloadsDenied [][]string
 	routes          []*unstructured.Unstructured
+	// podFeed passes the pods, once read, to Istio's analyzers.
+	podFeed *podFeed
 }
 
 func (cl *clusterCheck) add(id string, sev Severity, key, reason, fix string) {
@@ -359,6 +362,7 @@ func (cl *clusterCheck) read(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() (err error) {
+		defer func() { cl.podFeed.set(cl.allPods, cl.podsDenied, err) }()
 		cl.allPods, cl.podsDenied, err = listEverywhere(ctx, "Pods", func(ns string) listFunc {
 			return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 				return cl.c.Kube.CoreV1().Pods(ns).List(ctx, o)
@@ -401,22 +405,32 @@ func (cl *clusterCheck) read(ctx context.Context) error {
 	return nil
 }
 
-// slimPod copies of p what the checks of pods read: its name, namespace,
-// labels and owners, its node, the names and images of its containers, and
-// its phase, conditions and container states. The copy shares nothing with
-// the page p was decoded in, so a large cluster's pods take little memory
-// while the rest is read and checked.
+// slimPod copies of p what doctor's checks of pods and Istio's analyzers
+// read. Of its metadata: its name, namespace, labels and annotations
+// (selectors, injection, suppressions) and owners. Of its spec: its node,
+// whether it uses the host's network, its security context, and the names,
+// images and security contexts of its containers, in order (the proxy, its
+// release, the application's user). Of its status: its phase, conditions
+// and container states. The rest of its spec (environment, volumes, probes,
+// resources) is dropped, as most of an injected pod. The copy shares
+// nothing with the page p was decoded in, so a large cluster's pods take
+// little memory while the rest is read and checked.
 func slimPod(p *corev1.Pod) (*corev1.Pod, bool, error) {
 	containers := func(cs []corev1.Container) []corev1.Container {
 		out := make([]corev1.Container, len(cs))
 		for i, c := range cs {
-			out[i] = corev1.Container{Name: c.Name, Image: c.Image}
+			out[i] = corev1.Container{Name: c.Name, Image: c.Image, SecurityContext: c.SecurityContext, RestartPolicy: c.RestartPolicy}
 		}
 		return out
 	}
 	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, Labels: p.Labels, OwnerReferences: p.OwnerReferences},
-		Spec:       corev1.PodSpec{NodeName: p.Spec.NodeName, InitContainers: containers(p.Spec.InitContainers), Containers: containers(p.Spec.Containers)},
+		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
+			Generation: p.Generation, CreationTimestamp: p.CreationTimestamp, Labels: p.Labels, Annotations: p.Annotations,
+			OwnerReferences: p.OwnerReferences},
+		Spec: corev1.PodSpec{
+			InitContainers: containers(p.Spec.InitContainers), Containers: containers(p.Spec.Containers),
+			SecurityContext: p.Spec.SecurityContext, NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork,
+		},
 		Status: corev1.PodStatus{Phase: p.Status.Phase, Conditions: p.Status.Conditions,
 			InitContainerStatuses: p.Status.InitContainerStatuses, ContainerStatuses: p.Status.ContainerStatuses},
 	}, true, nil

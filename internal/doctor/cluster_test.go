@@ -299,7 +299,7 @@ spec:
 	// Istio's ServiceAssociationAnalyzer runs one namespace at a time
 	// (combinedAnalyzers): it still sees the Services of the Deployment's
 	// namespace, and those of another namespace still do not count.
-	// The analyzers' informers keep a slim copy of each pod (analyzerPod):
+	// The analyzers read the slim copies of the pods doctor lists (slimPod):
 	// still enough to see which pods run the proxy and as which user.
 	t.Run("the analyzers read the pods' proxies and users", func(t *testing.T) {
 		defer deleteNamespace(t, "team-pods")

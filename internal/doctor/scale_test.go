@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -90,14 +91,31 @@ func checkAs(t *testing.T, kubeconfig string) (*Report, map[string]int) {
 
 // doctor reads the cluster in as many LISTs and GETs with 3 profile
 // namespaces as with 13: one LIST of each kind in every namespace, none per
-// namespace; and it checks each profile's workloads.
+// namespace, and one of the pods for its checks and Istio's analyzers; and
+// it checks each profile's workloads.
 func TestClusterRequestsConstant(t *testing.T) {
 	liveCluster(t)
 	installed(t)
 	profiles(t, "requests", 0, 3)
 	few, fewCounts := checkAs(t, cluster.Kubeconfig)
 	profiles(t, "requests", 3, 13)
-	many, manyCounts := checkAs(t, cluster.Kubeconfig)
+	// A LIST's first page, or a watch that streams the pods there are.
+	var podLists atomic.Int32
+	p, err := cluster.FaultProxy(func(r *http.Request) testcluster.Fault {
+		if q := r.URL.Query(); r.Method == http.MethodGet && r.URL.Path == "/api/v1/pods" && q.Get("continue") == "" &&
+			(q.Get("watch") == "" || q.Get("sendInitialEvents") == "true") {
+			podLists.Add(1)
+		}
+		return testcluster.Pass
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	many, manyCounts := checkAs(t, p.Kubeconfig)
+	if n := podLists.Load(); n != 1 {
+		t.Errorf("the pods of every namespace were listed %d times, want once", n)
+	}
 	for _, verb := range []string{"list", "get"} {
 		if fewCounts[verb] != manyCounts[verb] {
 			t.Errorf("%s requests: %d with 3 profiles, %d with 13 (%v, %v)", verb, fewCounts[verb], manyCounts[verb], fewCounts, manyCounts)
@@ -142,7 +160,8 @@ func TestClusterListResumes(t *testing.T) {
 
 // A user who may not list Pods in every namespace, and in some namespaces
 // not at all: doctor checks what it can read and names the namespaces it
-// could not; Istio's analyzers, which need every Pod, say they did not run.
+// could not; Istio's analyzers, which need every Pod, say they did not run,
+// and why.
 func TestClusterForbiddenNamespaces(t *testing.T) {
 	liveCluster(t)
 	installed(t)
@@ -186,18 +205,18 @@ func TestClusterForbiddenNamespaces(t *testing.T) {
 	if !slices.Contains(found, OutdatedProxy+" Pod/audited-a/old-proxy") || slices.Contains(found, OutdatedProxy+" Pod/audited-b/old-proxy") {
 		t.Errorf("findings %v, want KF106 for audited-a's pod only", found)
 	}
-	notes := strings.Join(r.Notes, "\n")
-	var pods string
-	for _, n := range r.Notes {
-		if strings.HasPrefix(n, "Pods: ") {
-			pods = n
+	note := func(prefix string) string {
+		for _, n := range r.Notes {
+			if strings.HasPrefix(n, prefix) {
+				return n
+			}
 		}
+		return ""
 	}
-	if !strings.Contains(pods, "audited-b") || strings.Contains(pods, "audited-a") {
-		t.Errorf("the note on Pods does not name audited-b alone of the two: %q", pods)
-	}
-	if !strings.Contains(notes, "Istio's analyzers did not run") {
-		t.Errorf("no note that Istio's analyzers did not run:\n%s", notes)
+	for _, prefix := range []string{"Pods: ", "Istio's analyzers did not run: they read every pod, and this user may not list them in namespaces "} {
+		if n := note(prefix); !strings.Contains(n, "audited-b") || strings.Contains(n, "audited-a") {
+			t.Errorf("the note %q... does not name audited-b alone of the two: %q\n%s", prefix, n, strings.Join(r.Notes, "\n"))
+		}
 	}
 }
 
