@@ -287,8 +287,9 @@ var analyzerSync = 2 * time.Minute
 
 // analyzeCluster runs the analyzers over the live resources of the cluster,
 // as istioctl analyze --all-namespaces does, with the pods doctor lists.
-// When their informers have not listed the cluster within analyzerSync, it
-// says so in a note and reports nothing of a partial view.
+// When some of the pods they read could not be listed, or their informers
+// have not listed the cluster within analyzerSync, it says so in a note and
+// reports nothing of a partial view.
 func analyzeCluster(ctx context.Context, c *kube.Client, s []Suppression, pods *podFeed) ([]Finding, []string, error) {
 	quietIstioLogs()
 	ic, err := istiokube.NewCLIClient(istiokube.NewClientConfigForRestConfig(c.Config))
@@ -299,16 +300,14 @@ func analyzeCluster(ctx context.Context, c *kube.Client, s []Suppression, pods *
 	sa := analysislocal.NewIstiodAnalyzer(combinedAnalyzers(), "", inject.Namespace, nil)
 	sa.SetSuppressions(suppressions(s))
 	sa.AddRunningKubeSourceWithRevision(analysisClient{istiokube.EnableCrdWatcher(ic), inject.Namespace, pods}, "default", false)
-	// They need every pod: where doctor could not list them all, they stop
-	// at once rather than wait for a LIST that cannot succeed.
+	// Where doctor could not list pods they read, they stop at once rather
+	// than wait for a LIST that cannot succeed.
 	unreadable, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
 	go func() {
 		select {
-		case <-pods.done:
-			if len(pods.denied) > 0 {
-				stop(errPodsDenied)
-			}
+		case <-pods.refused:
+			stop(errPodsDenied)
 		case <-unreadable.Done():
 		}
 	}()
@@ -318,15 +317,15 @@ func analyzeCluster(ctx context.Context, c *kube.Client, s []Suppression, pods *
 	switch {
 	case ctx.Err() != nil:
 	case errors.Is(context.Cause(unreadable), errPodsDenied):
-		return nil, []string{fmt.Sprintf("Istio's analyzers did not run: they read every pod, and this user may not list them in namespaces %s", strings.Join(pods.denied, ", "))}, nil
+		return nil, []string{fmt.Sprintf("Istio's analyzers did not run: they read the pods of %d namespaces where this user may not list them (named in the note on Pods)", len(pods.unread))}, nil
 	case errors.Is(err, context.DeadlineExceeded):
 		return nil, []string{fmt.Sprintf("Istio's analyzers did not run: they could not list the cluster within %s (may this user list every kind Istio reads, in every namespace?)", analyzerSync)}, nil
 	}
 	return findings, nil, err
 }
 
-// errPodsDenied stops the analyzers when the pods of some namespaces could
-// not be listed.
+// errPodsDenied stops the analyzers when pods they read could not be
+// listed.
 var errPodsDenied = errors.New("the pods of some namespaces may not be listed")
 
 // analyze runs the analyzers and turns their messages into findings; locate

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 
 	"istio.io/istio/pkg/config/schema/kubeclient"
 	istiokube "istio.io/istio/pkg/kube"
@@ -17,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 )
@@ -54,7 +56,7 @@ var (
 // InformerFor builds the analyzers' informers:
 //   - of Pods, where Istio asks for no transform of its own and selects
 //     them by namespace, name and labels only: one fed with those of the
-//     pods doctor lists, which are then listed and decoded once;
+//     pods doctor lists (pods), which are then listed and decoded once;
 //   - of Deployments, where Istio asks for no transform of its own: one
 //     that keeps them without status (transforms are set before an
 //     informer starts);
@@ -69,9 +71,9 @@ func (f analysisInformers) InformerFor(r schema.GroupVersionResource, o kubetype
 	case r == configMapsResource && o.Namespace == metav1.NamespaceAll:
 		o.Namespace = f.istioNamespace
 		return kubeclient.GetInformerFilteredFromGVR(f.client, o, r)
-	case r == podsResource && o.ObjectTransform == nil && o.InformerType == kubetypes.StandardInformer:
-		if selects, ok := podSelection(o); ok {
-			return f.InformerFactory.InformerFor(r, o, func() cache.SharedIndexInformer { return f.pods.informer(selects) })
+	case r == podsResource && f.pods != nil && o.ObjectTransform == nil && o.InformerType == kubetypes.StandardInformer:
+		if sel, ok := newPodSelector(o); ok {
+			return f.InformerFactory.InformerFor(r, o, func() cache.SharedIndexInformer { return f.pods.informer(sel) })
 		}
 	case r == deploymentsResource && o.ObjectTransform == nil:
 		return f.InformerFactory.InformerFor(r, o, func() cache.SharedIndexInformer {
@@ -83,7 +85,7 @@ func (f analysisInformers) InformerFor(r schema.GroupVersionResource, o kubetype
 	return f.InformerFactory.InformerFor(r, o, newInformer)
 }
 
-// podFeed hands the pods doctor lists to the analyzers' Pod informer.
+// podFeed hands the pods doctor lists to the analyzers' Pod informers.
 type podFeed struct {
 	// done is closed when the pods were read, or could not be.
 	done chan struct{}
@@ -91,10 +93,15 @@ type podFeed struct {
 	// denied are the namespaces where the pods could not be listed.
 	denied []string
 	err    error
+	// refused is closed when an informer could not be given its pods: some
+	// were in the namespaces unread.
+	refused chan struct{}
+	refuse  sync.Once
+	unread  []string
 }
 
 func newPodFeed() *podFeed {
-	return &podFeed{done: make(chan struct{})}
+	return &podFeed{done: make(chan struct{}), refused: make(chan struct{})}
 }
 
 // set gives the feed what doctor read: pods, and the namespaces where it
@@ -104,48 +111,83 @@ func (f *podFeed) set(pods []*corev1.Pod, denied []string, err error) {
 	close(f.done)
 }
 
-// podSelection is what selects the pods of an informer of o, as the API
-// server would, and whether doctor's pods can tell: o selects by namespace,
-// name and labels only.
-func podSelection(o kubetypes.InformerOptions) (func(*corev1.Pod) bool, bool) {
+// podSelector selects pods as the API server does for an informer whose
+// options select by namespace, name and labels only.
+type podSelector struct {
+	namespace string
+	byField   fields.Selector
+	byLabel   labels.Selector
+}
+
+// newPodSelector is the selector of o's pods, and whether doctor's pods can
+// tell which they are.
+func newPodSelector(o kubetypes.InformerOptions) (podSelector, bool) {
 	byField, err := fields.ParseSelector(o.FieldSelector)
 	if err != nil {
-		return nil, false
+		return podSelector{}, false
 	}
 	for _, r := range byField.Requirements() {
 		if r.Field != "metadata.name" && r.Field != "metadata.namespace" {
-			return nil, false
+			return podSelector{}, false
 		}
 	}
 	byLabel, err := labels.Parse(o.LabelSelector)
 	if err != nil {
-		return nil, false
+		return podSelector{}, false
 	}
-	return func(p *corev1.Pod) bool {
-		return (o.Namespace == metav1.NamespaceAll || p.Namespace == o.Namespace) &&
-			byField.Matches(fields.Set{"metadata.name": p.Name, "metadata.namespace": p.Namespace}) && byLabel.Matches(labels.Set(p.Labels))
-	}, true
+	return podSelector{namespace: o.Namespace, byField: byField, byLabel: byLabel}, true
 }
 
-// list is the pods, once read, that selects. Where some could not be
-// listed, it fails as the informer's own LIST would have: the analyzers need
-// every pod.
-func (f *podFeed) list(ctx context.Context, selects func(*corev1.Pod) bool) (runtime.Object, error) {
+// selects reports whether p is selected.
+func (s podSelector) selects(p *corev1.Pod) bool {
+	return s.reaches(p.Namespace) && s.byField.Matches(fields.Set{"metadata.name": p.Name, "metadata.namespace": p.Namespace}) &&
+		s.byLabel.Matches(labels.Set(p.Labels))
+}
+
+// reaches reports whether pods of namespace ns may be selected, whatever
+// their names and labels.
+func (s podSelector) reaches(ns string) bool {
+	if s.namespace != metav1.NamespaceAll && ns != s.namespace {
+		return false
+	}
+	for _, r := range s.byField.Requirements() {
+		// A field selector's operators are =, == and !=.
+		if r.Field == "metadata.namespace" && (r.Operator == selection.NotEquals) == (r.Value == ns) {
+			return false
+		}
+	}
+	return true
+}
+
+// list is the pods sel selects, once read. Where some of them could not
+// be listed, it fails as the informer's own LIST would have, and the feed
+// is refused: the analyzers read every pod they select.
+func (f *podFeed) list(ctx context.Context, sel podSelector) (runtime.Object, error) {
 	select {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-f.done:
 	}
-	switch {
-	case f.err != nil:
+	if f.err != nil {
 		return nil, f.err
-	case len(f.denied) > 0:
+	}
+	var unread []string
+	for _, ns := range f.denied {
+		if sel.reaches(ns) {
+			unread = append(unread, ns)
+		}
+	}
+	if len(unread) > 0 {
+		f.refuse.Do(func() {
+			f.unread = unread
+			close(f.refused)
+		})
 		return nil, apierrors.NewForbidden(podsResource.GroupResource(), "",
-			fmt.Errorf("pods may not be listed in namespaces %s", strings.Join(f.denied, ", ")))
+			fmt.Errorf("pods may not be listed in namespaces %s", strings.Join(unread, ", ")))
 	}
 	l := &corev1.PodList{}
 	for _, p := range f.pods {
-		if selects(p) {
+		if sel.selects(p) {
 			l.Items = append(l.Items, *p)
 		}
 	}
@@ -161,10 +203,10 @@ func (f *podFeed) watch(context.Context, metav1.ListOptions) (watch.Interface, e
 // a watch of the initial pods.
 func (*podFeed) IsWatchListSemanticsUnSupported() bool { return true }
 
-// informer is an informer of the pods that selects, as Istio's own but fed
+// informer is an informer of the pods sel selects, as Istio's own but fed
 // with the feed's pods.
-func (f *podFeed) informer(selects func(*corev1.Pod) bool) cache.SharedIndexInformer {
-	list := func(ctx context.Context, _ metav1.ListOptions) (runtime.Object, error) { return f.list(ctx, selects) }
+func (f *podFeed) informer(sel podSelector) cache.SharedIndexInformer {
+	list := func(ctx context.Context, _ metav1.ListOptions) (runtime.Object, error) { return f.list(ctx, sel) }
 	lw := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{ListWithContextFunc: list, WatchFuncWithContext: f.watch}, f)
 	inf := cache.NewSharedIndexInformerWithOptions(lw, &corev1.Pod{}, cache.SharedIndexInformerOptions{
 		Indexers:          cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},

@@ -10,12 +10,15 @@ import (
 
 	"istio.io/istio/pkg/config/schema/kubeclient"
 	istiokube "istio.io/istio/pkg/kube"
+	istioinject "istio.io/istio/pkg/kube/inject"
 	"istio.io/istio/pkg/kube/kubetypes"
+	"istio.io/istio/pkg/util/sets"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/cache"
@@ -81,40 +84,52 @@ status:
 }
 
 // A pod feed's informer syncs once doctor's pods are set, and holds those
-// its options select; where pods could not be listed, in some namespaces or
-// at all, its LIST fails as the API server's would.
+// its options select. Where pods it selects could not be listed, in some
+// namespaces or at all, its LIST fails as the API server's would and the
+// feed is refused; pods denied only where it does not select are no matter.
 func TestPodFeed(t *testing.T) {
 	pod := func(ns, name string) *corev1.Pod {
 		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": name}}}
 	}
 	// As Istio's analyzers ask: without the namespaces Istio ignores.
-	selects, ok := podSelection(kubetypes.InformerOptions{FieldSelector: "metadata.namespace!=kube-system,metadata.namespace!=kube-public"})
+	istios, ok := newPodSelector(kubetypes.InformerOptions{FieldSelector: "metadata.namespace!=kube-system,metadata.namespace!=kube-public"})
 	if !ok {
 		t.Fatal("the feed cannot select pods without kube-system's")
 	}
 	f := newPodFeed()
-	inf := f.informer(selects)
+	inf := f.informer(istios)
 	stop := make(chan struct{})
 	defer close(stop)
 	go inf.Run(stop)
-	synced, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-	if cache.WaitForCacheSync(synced.Done(), inf.HasSynced) {
+	early, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	if cache.WaitForCacheSync(early.Done(), inf.HasSynced) {
 		t.Errorf("the informer synced before the pods were read")
 	}
 	cancel()
-	f.set([]*corev1.Pod{pod("team-a", "web"), pod("kube-system", "coredns"), pod("team-b", "db")}, nil, nil)
-	if !cache.WaitForCacheSync(stop, inf.HasSynced) {
+	// Denied in kube-system only, which the informer does not select.
+	pods := []*corev1.Pod{pod("team-a", "web"), pod("kube-system", "coredns"), pod("team-b", "db")}
+	f.set(pods, []string{"kube-system"}, nil)
+	synced, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if !cache.WaitForCacheSync(synced.Done(), inf.HasSynced) {
 		t.Fatal("the informer did not sync")
 	}
 	if keys := inf.GetStore().ListKeys(); !slices.Equal(slices.Sorted(slices.Values(keys)), []string{"team-a/web", "team-b/db"}) {
 		t.Errorf("the informer holds %v, want team-a/web and team-b/db", keys)
 	}
-	for _, o := range []kubetypes.InformerOptions{{Namespace: "team-b"}, {LabelSelector: "app=db"}, {FieldSelector: "metadata.name=db"}} {
-		selects, ok := podSelection(o)
+	select {
+	case <-f.refused:
+		t.Errorf("the feed was refused for pods denied in %v, which its informer does not select", f.unread)
+	default:
+	}
+	everywhere := newPodFeed()
+	everywhere.set(pods, nil, nil)
+	for _, o := range []kubetypes.InformerOptions{{Namespace: "team-b"}, {LabelSelector: "app=db"}, {FieldSelector: "metadata.name=db"}, {FieldSelector: "metadata.namespace=team-b"}} {
+		sel, ok := newPodSelector(o)
 		if !ok {
 			t.Fatalf("the feed cannot select pods by %+v", o)
 		}
-		l, err := f.list(context.Background(), selects)
+		l, err := everywhere.list(context.Background(), sel)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -123,16 +138,24 @@ func TestPodFeed(t *testing.T) {
 		}
 	}
 	for _, o := range []kubetypes.InformerOptions{{FieldSelector: "spec.nodeName=node-a"}, {LabelSelector: "app in (web"}} {
-		if _, ok := podSelection(o); ok {
+		if _, ok := newPodSelector(o); ok {
 			t.Errorf("the feed claims to select pods by %+v", o)
 		}
 	}
 
-	all := func(*corev1.Pod) bool { return true }
+	all, _ := newPodSelector(kubetypes.InformerOptions{})
 	denied := newPodFeed()
-	denied.set([]*corev1.Pod{pod("team-a", "web")}, []string{"team-b", "team-c"}, nil)
-	if _, err := denied.list(context.Background(), all); !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "team-b, team-c") {
-		t.Errorf("with pods denied in two namespaces, the feed's LIST: %v", err)
+	denied.set([]*corev1.Pod{pod("team-a", "web")}, []string{"kube-system", "team-b", "team-c"}, nil)
+	if _, err := denied.list(context.Background(), istios); !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "namespaces team-b, team-c") {
+		t.Errorf("with pods denied in two namespaces it selects, the feed's LIST: %v", err)
+	}
+	select {
+	case <-denied.refused:
+		if !slices.Equal(denied.unread, []string{"team-b", "team-c"}) {
+			t.Errorf("the feed was refused for the pods of %v, want team-b and team-c", denied.unread)
+		}
+	default:
+		t.Error("the feed was not refused")
 	}
 	failed := newPodFeed()
 	cut := errors.New("list Pods: connection reset")
@@ -189,7 +212,8 @@ spec:
 
 // Through the informers Istio's stores make (kubeclient), the analyzers'
 // client lists the ConfigMaps of its Istio namespace only, though Istio asks
-// for every namespace's, and its Deployments are stored without status.
+// for every namespace's, its Deployments are stored without status, and its
+// Pods, asked for as Istio's analyzers ask, are those of the feed.
 func TestAnalysisInformers(t *testing.T) {
 	liveCluster(t)
 	ctx := context.Background()
@@ -228,11 +252,16 @@ spec:
 		t.Fatal(err)
 	}
 	defer ic.Shutdown()
-	ac := analysisClient{Client: ic, istioNamespace: istioNS}
+	feed := newPodFeed()
+	feed.set([]*corev1.Pod{
+		{ObjectMeta: metav1.ObjectMeta{Namespace: "fed", Name: "web"}},
+		{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "coredns"}},
+	}, nil, nil)
+	ac := analysisClient{Client: ic, istioNamespace: istioNS, pods: feed}
 	stop := make(chan struct{})
 	defer close(stop)
-	stored := func(r schema.GroupVersionResource) []any {
-		inf := kubeclient.GetInformerFilteredFromGVR(ac, kubetypes.InformerOptions{}, r)
+	stored := func(r schema.GroupVersionResource, o kubetypes.InformerOptions) []any {
+		inf := kubeclient.GetInformerFilteredFromGVR(ac, o, r)
 		inf.Start(stop)
 		if !cache.WaitForCacheSync(stop, inf.Informer.HasSynced) {
 			t.Fatalf("the informer of %s did not sync", r)
@@ -240,7 +269,7 @@ spec:
 		return inf.Informer.GetStore().List()
 	}
 	var cms []string
-	for _, o := range stored(configMapsResource) {
+	for _, o := range stored(configMapsResource, kubetypes.InformerOptions{}) {
 		if cm := o.(*corev1.ConfigMap); cm.Name == "istio-sidecar-injector" {
 			cms = append(cms, cm.Namespace)
 		}
@@ -249,7 +278,7 @@ spec:
 		t.Errorf("the analyzers' ConfigMaps istio-sidecar-injector are those of %v, want %s's only", cms, istioNS)
 	}
 	found := false
-	for _, o := range stored(deploymentsResource) {
+	for _, o := range stored(deploymentsResource, kubetypes.InformerOptions{}) {
 		if got := o.(*appsv1.Deployment); got.Namespace == otherNS && got.Name == d.Name {
 			found = true
 			if got.Status.ObservedGeneration != 0 || got.ManagedFields != nil {
@@ -259,5 +288,18 @@ spec:
 	}
 	if !found {
 		t.Errorf("the analyzers' Deployments miss %s/%s", otherNS, d.Name)
+	}
+	// Istio's analyzers ask for the pods outside the namespaces Istio
+	// ignores.
+	var ignored []fields.Selector
+	for _, ns := range sets.SortedList(istioinject.IgnoredNamespaces) {
+		ignored = append(ignored, fields.OneTermNotEqualSelector("metadata.namespace", ns))
+	}
+	var pods []string
+	for _, o := range stored(podsResource, kubetypes.InformerOptions{FieldSelector: fields.AndSelectors(ignored...).String(), Cluster: "Kubernetes"}) {
+		pods = append(pods, o.(*corev1.Pod).Namespace+"/"+o.(*corev1.Pod).Name)
+	}
+	if !slices.Equal(pods, []string{"fed/web"}) {
+		t.Errorf("the analyzers' Pods are %v, want the feed's fed/web", pods)
 	}
 }

@@ -63,13 +63,19 @@ func CheckCluster(ctx context.Context, c *kube.Client, suppress []Suppression) (
 	// run while the other checks read and check, which on a remote cluster
 	// hides most of their round trips, and their findings join the others
 	// at the end. Their pods are the ones doctor lists.
+	// Whatever doctor returns, they have stopped.
 	actx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	pods := newPodFeed()
 	analyzed := make(chan analysisResult, 1)
+	stopped := make(chan struct{})
 	go func() {
+		defer close(stopped)
 		findings, notes, err := analyzeCluster(actx, c, suppress, pods)
 		analyzed <- analysisResult{findings, notes, err}
+	}()
+	defer func() {
+		cancel()
+		<-stopped
 	}()
 	r := &Report{}
 	cl := &clusterCheck{c: c, r: r, podFeed: pods}
@@ -406,15 +412,17 @@ func (cl *clusterCheck) read(ctx context.Context) error {
 }
 
 // slimPod copies of p what doctor's checks of pods and Istio's analyzers
-// read. Of its metadata: its name, namespace, labels and annotations
-// (selectors, injection, suppressions) and owners. Of its spec: its node,
-// whether it uses the host's network, its security context, and the names,
-// images and security contexts of its containers, in order (the proxy, its
-// release, the application's user). Of its status: its phase, conditions
-// and container states. The rest of its spec (environment, volumes, probes,
-// resources) is dropped, as most of an injected pod. The copy shares
-// nothing with the page p was decoded in, so a large cluster's pods take
-// little memory while the rest is read and checked.
+// read. Of its metadata: its name, namespace, UID, resource version,
+// generation and creation time (Istio's metadata of a resource), labels and
+// annotations (selectors, injection, suppressions) and owners. Of its spec:
+// its node, whether it uses the host's network, its security context, and
+// the names, images, security contexts and restart policies of its
+// containers, in order (the proxy, its release, the application's user,
+// native sidecars). Of its status: its phase, conditions and container
+// states. The rest of its spec (environment, volumes, probes, resources) is
+// dropped, as most of an injected pod. The copy shares nothing with the
+// page p was decoded in, so a large cluster's pods take little memory while
+// the rest is read and checked.
 func slimPod(p *corev1.Pod) (*corev1.Pod, bool, error) {
 	containers := func(cs []corev1.Container) []corev1.Container {
 		out := make([]corev1.Container, len(cs))
